@@ -1,0 +1,1 @@
+"""Node Zero, the sphere tree, training, data, checkpoints, the CLI and the service."""

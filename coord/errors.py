@@ -1,0 +1,9 @@
+"""Errors a user can cause and fix."""
+
+
+class UserError(Exception):
+    """Bad input from the command line, a config, a data file, a checkpoint or a client.
+
+    The message is one line that says what is wrong and what to do about it;
+    the edge (CLI, socket, config loader) prints it and exits or replies, without a traceback.
+    """

@@ -1,0 +1,1 @@
+"""Numba nogil kernels: forward and backward of every layer, reductions, optimizer updates."""

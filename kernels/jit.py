@@ -1,0 +1,14 @@
+"""The one way kernels are compiled: numba, GIL released, cached on disk.
+
+fastmath is limited to flags that allow reassociation and contraction (so reductions
+vectorise) but keep NaN and infinity semantics: the trainer must see a non-finite loss.
+"""
+
+import numba
+
+FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
+
+
+def kernel(fn):
+    """Compile ``fn`` as a nogil, cached numba kernel."""
+    return numba.njit(nogil=True, cache=True, fastmath=FASTMATH)(fn)

@@ -1,0 +1,228 @@
+"""GPT-2: parameters as named views of one flat buffer, forward and backward of a micro-batch.
+
+The parameter order and shapes are those of the Hugging Face GPT-2 checkpoint
+(linear weights in the Conv1D layout, (in, out)), so export is a matter of naming.
+A worker owns its ``Activations`` and its flat gradient segment; ``forward_backward``
+reads the parameters and writes nothing else, so any number of threads may run it at once.
+"""
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from .attention import attention_backward, attention_forward
+from .crossentropy import crossentropy_forward, crossentropy_forward_backward
+from .encoder import encoder_backward, encoder_forward
+from .gelu import gelu_backward, gelu_forward
+from .layernorm import layernorm_backward, layernorm_forward
+from .linear import linear_backward, linear_forward, linear_residual_forward
+
+LN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    vocab_size: int
+    block_size: int  # longest context, the number of learned positions
+    n_layer: int
+    n_head: int
+    n_embd: int
+
+    @property
+    def head_size(self) -> int:
+        return self.n_embd // self.n_head
+
+
+class Block(NamedTuple):
+    ln_1_weight: np.ndarray
+    ln_1_bias: np.ndarray
+    c_attn_weight: np.ndarray
+    c_attn_bias: np.ndarray
+    attn_c_proj_weight: np.ndarray
+    attn_c_proj_bias: np.ndarray
+    ln_2_weight: np.ndarray
+    ln_2_bias: np.ndarray
+    c_fc_weight: np.ndarray
+    c_fc_bias: np.ndarray
+    mlp_c_proj_weight: np.ndarray
+    mlp_c_proj_bias: np.ndarray
+
+
+class Tensors(NamedTuple):
+    """Named views of one flat buffer (parameters or a gradient segment)."""
+
+    wte: np.ndarray
+    wpe: np.ndarray
+    blocks: tuple
+    ln_f_weight: np.ndarray
+    ln_f_bias: np.ndarray
+
+
+def block_shapes(cfg: GPTConfig, i: int) -> list:
+    C = cfg.n_embd
+    h = f"h.{i}."
+    return [
+        (h + "ln_1.weight", (C,)),
+        (h + "ln_1.bias", (C,)),
+        (h + "attn.c_attn.weight", (C, 3 * C)),
+        (h + "attn.c_attn.bias", (3 * C,)),
+        (h + "attn.c_proj.weight", (C, C)),
+        (h + "attn.c_proj.bias", (C,)),
+        (h + "ln_2.weight", (C,)),
+        (h + "ln_2.bias", (C,)),
+        (h + "mlp.c_fc.weight", (C, 4 * C)),
+        (h + "mlp.c_fc.bias", (4 * C,)),
+        (h + "mlp.c_proj.weight", (4 * C, C)),
+        (h + "mlp.c_proj.bias", (C,)),
+    ]
+
+
+class ParamLayout:
+    """Names, shapes and offsets of every tensor in the flat buffer, in GPT-2 order."""
+
+    def __init__(self, cfg: GPTConfig):
+        self.cfg = cfg
+        shapes = [("wte.weight", (cfg.vocab_size, cfg.n_embd)), ("wpe.weight", (cfg.block_size, cfg.n_embd))]
+        for i in range(cfg.n_layer):
+            shapes += block_shapes(cfg, i)
+        shapes += [("ln_f.weight", (cfg.n_embd,)), ("ln_f.bias", (cfg.n_embd,))]
+        self.shapes = dict(shapes)
+        self.offsets = {}
+        offset = 0
+        for name, shape in shapes:
+            self.offsets[name] = offset
+            offset += int(np.prod(shape))
+        self.size = offset
+
+    def slice(self, name: str) -> slice:
+        start = self.offsets[name]
+        return slice(start, start + int(np.prod(self.shapes[name])))
+
+    def views(self, flat: np.ndarray) -> dict:
+        """name -> view of ``flat`` with the tensor's shape."""
+        return {name: flat[self.slice(name)].reshape(shape) for name, shape in self.shapes.items()}
+
+    def tensors(self, flat: np.ndarray) -> Tensors:
+        v = self.views(flat)
+        blocks = tuple(Block(*(v[name] for name, _ in block_shapes(self.cfg, i))) for i in range(self.cfg.n_layer))
+        return Tensors(v["wte.weight"], v["wpe.weight"], blocks, v["ln_f.weight"], v["ln_f.bias"])
+
+
+def init_params(cfg: GPTConfig, seed: int, dtype=np.float32) -> np.ndarray:
+    """GPT-2 initialisation: N(0, 0.02) weights, zero biases, unit LayerNorm gains, and the
+    two residual output projections of each block scaled by 1/sqrt(2 * n_layer)."""
+    layout = ParamLayout(cfg)
+    flat = np.zeros(layout.size, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    residual_std = 0.02 / np.sqrt(2 * cfg.n_layer)
+    for name, view in layout.views(flat).items():
+        if name.endswith("bias"):
+            continue
+        if name.startswith("ln_") or ".ln_" in name:
+            view[...] = 1.0
+        elif name.endswith("c_proj.weight"):
+            view[...] = rng.normal(0.0, residual_std, size=view.shape)
+        else:
+            view[...] = rng.normal(0.0, 0.02, size=view.shape)
+    return flat
+
+
+class Activations:
+    """One worker's buffers for a micro-batch of B sequences of T tokens, allocated once."""
+
+    def __init__(self, cfg: GPTConfig, B: int, T: int, dtype=np.float32):
+        L, C, H, V, hs = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.head_size
+        N = B * T
+        self.B, self.T = B, T
+        z = lambda *shape: np.zeros(shape, dtype=dtype)  # noqa: E731
+        self.encoded = z(N, C)
+        self.ln_1, self.ln_1_mean, self.ln_1_rstd = z(L, N, C), z(L, N), z(L, N)
+        self.qkv = z(L, N, 3 * C)
+        self.q, self.k, self.v, self.y = z(L, B, H, T, hs), z(L, B, H, T, hs), z(L, B, H, T, hs), z(L, B, H, T, hs)
+        self.att = z(L, B, H, T, T)
+        self.atty = z(L, N, C)
+        self.residual_2 = z(L, N, C)
+        self.ln_2, self.ln_2_mean, self.ln_2_rstd = z(L, N, C), z(L, N), z(L, N)
+        self.fch, self.fch_gelu = z(L, N, 4 * C), z(L, N, 4 * C)
+        self.residual_3 = z(L, N, C)
+        self.ln_f, self.ln_f_mean, self.ln_f_rstd = z(N, C), z(N), z(N)
+        self.logits = z(N, V)
+        # backward scratch, reused by every layer
+        self.dresidual = z(N, C)
+        self.dln = z(N, C)
+        self.datty = z(N, C)
+        self.dqkv = z(N, 3 * C)
+        self.dfch = z(N, 4 * C)
+        self.dq, self.dk, self.dv, self.dy = z(B, H, T, hs), z(B, H, T, hs), z(B, H, T, hs), z(B, H, T, hs)
+        self.datt = z(B, H, T, T)
+
+
+def forward(w: Tensors, acts: Activations, tokens: np.ndarray) -> np.ndarray:
+    """tokens (B,T) int32 -> logits (B*T,V), a view of ``acts.logits``."""
+    B, T = tokens.shape
+    encoder_forward(acts.encoded, tokens, w.wte, w.wpe)
+    residual = acts.encoded
+    for l, p in enumerate(w.blocks):
+        layernorm_forward(acts.ln_1[l], acts.ln_1_mean[l], acts.ln_1_rstd[l], residual, p.ln_1_weight, p.ln_1_bias, LN_EPS)
+        linear_forward(acts.qkv[l], acts.ln_1[l], p.c_attn_weight, p.c_attn_bias)
+        attention_forward(acts.atty[l].reshape(B, T, -1), acts.q[l], acts.k[l], acts.v[l], acts.att[l], acts.y[l],
+                          acts.qkv[l].reshape(B, T, -1))
+        linear_residual_forward(acts.residual_2[l], acts.atty[l], p.attn_c_proj_weight, p.attn_c_proj_bias, residual)
+        layernorm_forward(acts.ln_2[l], acts.ln_2_mean[l], acts.ln_2_rstd[l], acts.residual_2[l], p.ln_2_weight,
+                          p.ln_2_bias, LN_EPS)
+        linear_forward(acts.fch[l], acts.ln_2[l], p.c_fc_weight, p.c_fc_bias)
+        gelu_forward(acts.fch_gelu[l].reshape(-1), acts.fch[l].reshape(-1))
+        linear_residual_forward(acts.residual_3[l], acts.fch_gelu[l], p.mlp_c_proj_weight, p.mlp_c_proj_bias,
+                                acts.residual_2[l])
+        residual = acts.residual_3[l]
+    layernorm_forward(acts.ln_f, acts.ln_f_mean, acts.ln_f_rstd, residual, w.ln_f_weight, w.ln_f_bias, LN_EPS)
+    np.matmul(acts.ln_f, w.wte.T, out=acts.logits)  # the head is tied to the token embedding
+    return acts.logits
+
+
+def loss_sum(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> float:
+    """Sum over the B*T positions of the cross-entropy, forward only."""
+    logits = forward(w, acts, tokens)
+    return float(crossentropy_forward(logits, targets.reshape(-1)))
+
+
+def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray,
+                     dloss: float) -> float:
+    """Forward and backward of one micro-batch; returns the summed cross-entropy.
+
+    Every tensor of ``g`` is overwritten with d(dloss * summed loss)/d(parameter); with
+    dloss = 1/(tokens in the global batch) the segments of all workers add up to the
+    gradient of the mean loss.
+    """
+    B, T = tokens.shape
+    logits = forward(w, acts, tokens)
+    total = float(crossentropy_forward_backward(logits, targets.reshape(-1), dloss))
+    dlogits = logits
+    residual_last = acts.residual_3[-1] if w.blocks else acts.encoded
+    # head and final LayerNorm
+    np.matmul(dlogits.T, acts.ln_f, out=g.wte)
+    np.matmul(dlogits, w.wte, out=acts.dln)
+    dres = acts.dresidual
+    dres[...] = 0.0
+    layernorm_backward(dres, g.ln_f_weight, g.ln_f_bias, acts.dln, residual_last, w.ln_f_weight, acts.ln_f_mean,
+                       acts.ln_f_rstd)
+    for l in range(len(w.blocks) - 1, -1, -1):
+        p, q = w.blocks[l], g.blocks[l]
+        residual = acts.residual_3[l - 1] if l > 0 else acts.encoded
+        # MLP: residual_3 = residual_2 + proj(gelu(fc(ln_2(residual_2))))
+        linear_backward(acts.dfch, q.mlp_c_proj_weight, q.mlp_c_proj_bias, dres, acts.fch_gelu[l], p.mlp_c_proj_weight)
+        gelu_backward(acts.dfch.reshape(-1), acts.fch[l].reshape(-1), acts.dfch.reshape(-1))
+        linear_backward(acts.dln, q.c_fc_weight, q.c_fc_bias, acts.dfch, acts.ln_2[l], p.c_fc_weight)
+        layernorm_backward(dres, q.ln_2_weight, q.ln_2_bias, acts.dln, acts.residual_2[l], p.ln_2_weight,
+                           acts.ln_2_mean[l], acts.ln_2_rstd[l])
+        # attention: residual_2 = residual + proj(attn(ln_1(residual)))
+        linear_backward(acts.datty, q.attn_c_proj_weight, q.attn_c_proj_bias, dres, acts.atty[l],
+                        p.attn_c_proj_weight)
+        attention_backward(acts.dqkv.reshape(B, T, -1), acts.datty.reshape(B, T, -1), acts.q[l], acts.k[l],
+                           acts.v[l], acts.att[l], acts.dq, acts.dk, acts.dv, acts.dy, acts.datt)
+        linear_backward(acts.dln, q.c_attn_weight, q.c_attn_bias, acts.dqkv, acts.ln_1[l], p.c_attn_weight)
+        layernorm_backward(dres, q.ln_1_weight, q.ln_1_bias, acts.dln, residual, p.ln_1_weight, acts.ln_1_mean[l],
+                           acts.ln_1_rstd[l])
+    encoder_backward(g.wte, g.wpe, dres, tokens)
+    return total

@@ -1,0 +1,1 @@
+"""Message types, priorities and the wire encoding: no asyncio, no numba."""
