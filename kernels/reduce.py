@@ -1,30 +1,28 @@
-"""Reductions over gradient segments, split by parameter slices."""
+"""Reductions over gradient segments, each over one parameter slice [start, stop)."""
 
 from .jit import kernel
 
 
 @kernel
 def sum_segments(out, segments, rows, start, stop):
-    # out[start:stop] = sum over r in rows of segments[r, start:stop]; segments (S,N)
+    # out[start:stop] = sum over r in rows of segments[r, start:stop]; segments (S,N).
+    # Returns the sum of squares of the result slice (for the global gradient norm).
     for i in range(start, stop):
         out[i] = 0.0
     for r in rows:
         seg = segments[r]
         for i in range(start, stop):
             out[i] += seg[i]
-
-
-@kernel
-def sum_squares(x, start, stop):
-    # sum of x[start:stop]**2 in float64
     total = 0.0
     for i in range(start, stop):
-        total += float(x[i]) * float(x[i])
+        total += float(out[i]) * float(out[i])
     return total
 
 
 @kernel
-def scale(x, factor, start, stop):
-    # x[start:stop] *= factor
+def sum_squares(x, start, stop):
+    # sum of x[start:stop]**2, accumulated in float64
+    total = 0.0
     for i in range(start, stop):
-        x[i] *= factor
+        total += float(x[i]) * float(x[i])
+    return total
