@@ -1,0 +1,519 @@
+"""Node Zero: the asyncio coordinator at the root of the sphere tree.
+
+Node Zero never computes a batch. It splits the global batch into micro-batches
+(BATCH_START down the tree), each worker sphere runs its kernels on a pool thread
+into its own gradient segment, GRADIENT_READY / GRADIENT_ACCUMULATE come up while
+the groups sum their children's segments, and Node Zero sums what reaches the root,
+applies the optimizer (split across the pool by parameter slices) and sends
+WEIGHTS_UPDATED down. Gradients and weights never travel: messages carry
+``BufferRef``s into the buffers Node Zero owns.
+"""
+
+import asyncio
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+import structlog
+
+from cllm.kernels.model import GPTConfig, ParamLayout
+from cllm.kernels.reduce import sum_segments, sum_squares
+from cllm.protocol import payloads as pl
+from cllm.protocol.messages import BROADCAST, Message, MessageType as M, make
+
+from .optimizer import AdamW, split_range
+from .sphere import Sphere, build_tree
+from .states import CONTROL_TRANSITIONS, ControlState, SphereState, StateMachine
+from .worker import WorkerKernels
+
+log = structlog.get_logger("cllm.node_zero")
+
+ROOT = 0
+CONTROL = {M.SHUTDOWN_REQUEST, M.STATS_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE}
+GRADIENTS = {M.GRADIENT_READY, M.GRADIENT_ACCUMULATE}
+
+
+class StepFailed(RuntimeError):
+    """A step could not complete: a worker raised or did not answer in time."""
+
+    def __init__(self, message: str, timed_out: bool = False):
+        super().__init__(message)
+        self.timed_out = timed_out
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: int
+    loss: float  # mean cross-entropy over the step's tokens
+    tokens: int
+    grad_norm: float  # before clipping
+    applied: bool  # False when the loss or gradient was not finite and the update was skipped
+    seconds: float  # wall time of the whole step
+    kernel_seconds: float  # the step's critical path inside kernels (slowest worker + reduction + update)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+class NodeZero:
+    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer."""
+
+    def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: AdamW, n_workers: int,
+                 step_timeout: float = 600.0, retries: int = 1):
+        self.cfg = cfg
+        self.layout = ParamLayout(cfg)
+        self.params = params
+        self.weights = self.layout.tensors(params)
+        self.optimizer = optimizer
+        self.step_timeout = step_timeout
+        self.retries = retries
+        self.control = StateMachine(ControlState.INITIALIZING, CONTROL_TRANSITIONS, "node zero")
+        self.grad = np.zeros(self.layout.size, dtype=np.float32)
+        self.kernels = {}  # worker index -> WorkerKernels, kept across resizes
+        self.deferred = []  # control messages that arrived mid-step, handled at the boundary
+        self.events = []  # GRADIENT_COMPLETE and other notices for the training loop's hooks
+        self.batch = None
+        self.tree = None
+        self.pool = None
+        self.tasks = {}
+        self.n_workers = n_workers
+
+    # ----- lifecycle -----
+
+    async def start(self) -> None:
+        await self.build(self.n_workers)
+        self.control.to(ControlState.RUNNING)
+        log.info("node_zero_started", workers=self.n_workers, spheres=sum(1 for _ in self.tree.walk()),
+                 levels=max(s.level for s in self.tree.walk()) + 1)
+
+    async def build(self, n_workers: int) -> None:
+        """Grow the tree, the pool and the gradient buffers for ``n_workers`` and start the spheres."""
+        self.n_workers = n_workers
+        self.tree = build_tree(n_workers)
+        inner = [s for s in self.tree.walk() if s.children and s.id != ROOT]
+        self.buffer_row = {leaf.id: leaf.worker_index for leaf in self.tree.leaves()}
+        self.buffer_row.update({s.id: n_workers + i for i, s in enumerate(inner)})
+        rows = n_workers + len(inner)
+        self.grad_buffers = np.zeros((rows, self.layout.size), dtype=np.float32)
+        for leaf in self.tree.leaves():
+            index = leaf.worker_index
+            segment = self.grad_buffers[index]
+            if index in self.kernels:
+                self.kernels[index].segment = segment
+                self.kernels[index].grads = self.layout.tensors(segment)
+            else:
+                self.kernels[index] = WorkerKernels(self.cfg, self.layout, segment, index)
+        for index in [i for i in self.kernels if i >= n_workers]:
+            del self.kernels[index]
+        self.slices = min(usable_cores(), n_workers)
+        self.update_plan = self.optimizer.plan(self.slices)
+        self.reduce_ranges = split_range(self.layout.size, self.slices)
+        self.pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="sphere")
+        self.tree.machine.to(SphereState.READY)
+        for sphere in self.tree.walk():
+            if sphere.id != ROOT:
+                self.tasks[sphere.id] = asyncio.create_task(self.run_sphere(sphere), name=f"sphere-{sphere.id}")
+        for child in self.tree.children:
+            self.send(M.PARENT_SYNC, child, pl.ParentSync(step=self.optimizer.step, parent=ROOT))
+        # every worker asks for the weights and then for work; wait until all have
+        await self.collect(lambda m: m.type is M.WORK_REQUEST, n_workers, "workers to come up")
+
+    async def resize(self, n_workers: int) -> None:
+        """Between steps: spawn or terminate workers (CHILD_SPAWN / CHILD_TERMINATE) and rebalance."""
+        if n_workers == self.n_workers:
+            return
+        old = self.n_workers
+        kind = M.CHILD_SPAWN if n_workers > old else M.CHILD_TERMINATE
+        payload = pl.ChildCount(count=n_workers)
+        await self.stop_spheres(kind, payload)
+        await self.build(n_workers)
+        log.info("workers_resized", before=old, after=n_workers)
+
+    async def stop_spheres(self, kind: M, payload) -> None:
+        for child in self.tree.children:
+            self.send(kind, child, payload)
+        await self.collect(lambda m: m.type is M.SHUTDOWN_ACK, len(self.tasks), "spheres to stop")
+        await asyncio.wait_for(asyncio.gather(*self.tasks.values(), return_exceptions=True), self.step_timeout)
+        self.tasks.clear()
+        self.pool.shutdown(wait=True)
+
+    async def close(self) -> None:
+        if self.control.state is ControlState.STOPPED:
+            return
+        self.control.to(ControlState.STOPPING)
+        if self.tree is not None:
+            await self.stop_spheres(M.SHUTDOWN_REQUEST, pl.ShutdownRequest(reason="close", after_step=True))
+            self.tree.machine.to(SphereState.TERMINATING)
+            self.tree.machine.to(SphereState.TERMINATED)
+        self.control.to(ControlState.STOPPED)
+        log.info("node_zero_stopped")
+
+    # ----- messaging -----
+
+    def send(self, kind: M, to: Sphere, payload, sender: int = ROOT) -> None:
+        message = make(kind, sender, to.id, payload)
+        if not to.inbox.put(message):
+            raise StepFailed(f"sphere {to.id}'s inbox is full")
+
+    def post_root(self, kind: M, payload, sender: int) -> None:
+        self.tree.inbox.put(make(kind, sender, ROOT, payload))
+
+    async def collect(self, wanted, count: int, what: str, errors_fail: bool = True) -> list:
+        """Await ``count`` root messages matching ``wanted``; a worker's error fails the step.
+
+        Control requests arriving meanwhile are kept for the next step boundary; anything
+        else (a late answer from a failed step) is dropped.
+        """
+        got = []
+        deadline = time.monotonic() + self.step_timeout
+        while len(got) < count:
+            try:
+                message = await self.tree.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise StepFailed(f"timed out after {self.step_timeout:g}s waiting for {what}", timed_out=True) from None
+            if wanted(message):
+                got.append(message)
+            elif message.type is M.ERROR_REPORT and errors_fail:
+                p = message.payload
+                raise StepFailed(f"sphere {p.sphere} failed in step {p.step}: {p.error_type}: {p.message}")
+            elif message.type is M.WEIGHTS_REQUEST:
+                sphere = self.find(message.sender)
+                self.send(M.WEIGHTS_BROADCAST, sphere, pl.WeightsBroadcast(step=self.optimizer.step,
+                                                                           weights=self.params_ref()))
+            elif message.type in CONTROL:
+                self.deferred.append(message)
+            else:
+                log.debug("message_dropped", type=message.type.name, sender=message.sender)
+        return got
+
+    def request(self, kind: M, payload, sender: int = ROOT) -> None:
+        """A control request (stop, stats, resize) from the event loop's thread, handled at the next boundary."""
+        self.tree.inbox.put(make(kind, sender, ROOT, payload))
+
+    def take_requests(self) -> list:
+        """Control requests waiting at the step boundary, highest priority first."""
+        waiting = self.deferred
+        self.deferred = []
+        while (message := self.tree.inbox.mailbox.get()) is not None:
+            if message.type in CONTROL:
+                waiting.append(message)
+        return sorted(waiting, key=lambda m: -m.priority)
+
+    def params_ref(self) -> pl.BufferRef:
+        return pl.BufferRef(name="params", offset=0, length=self.layout.size)
+
+    def segment_ref(self, sphere: Sphere) -> pl.BufferRef:
+        row = self.buffer_row[sphere.id]
+        return pl.BufferRef(name="grad_buffers", offset=row * self.layout.size, length=self.layout.size)
+
+    def resolve(self, ref: pl.BufferRef) -> np.ndarray:
+        buffer = self.params if ref.name == "params" else self.grad_buffers.reshape(-1)
+        return buffer[ref.offset:ref.offset + ref.length]
+
+    def gradient_row(self, report: Message) -> int:
+        """The row of ``grad_buffers`` a GRADIENT_READY or GRADIENT_ACCUMULATE refers to."""
+        p = report.payload
+        ref = p.grad_segment if report.type is M.GRADIENT_READY else p.result
+        return ref.offset // self.layout.size
+
+    def find(self, sphere_id: int) -> Sphere:
+        return next(s for s in self.tree.walk() if s.id == sphere_id)
+
+    def route(self, sphere: Sphere, worker_index: int) -> Sphere:
+        """The child of ``sphere`` whose subtree holds worker ``worker_index``."""
+        return next(c for c in sphere.children if any(l.worker_index == worker_index for l in c.leaves()))
+
+    # ----- one training step -----
+
+    def micro_batches(self, rows: int) -> list:
+        """(leaf, row_start, row_stop) for every worker: the batch's rows as evenly as possible."""
+        leaves = self.tree.leaves()
+        base, extra = divmod(rows, len(leaves))
+        plan, start = [], 0
+        for i, leaf in enumerate(leaves):
+            stop = start + base + (1 if i < extra else 0)
+            plan.append((leaf, start, stop))
+            start = stop
+        return plan
+
+    async def step(self, step: int, tokens: np.ndarray, targets: np.ndarray, lr: float,
+                   clip_norm: float = 0.0) -> StepResult:
+        """One optimizer step on the global batch ``tokens``/``targets`` (B,T).
+
+        A worker that raises fails the step; it is retried ``self.retries`` times
+        (ERROR_RECOVERY "retry") before StepFailed reaches the caller. A worker that does
+        not answer within ``step_timeout`` fails it at once: its thread may still be running.
+        """
+        started = time.perf_counter()
+        for attempt in range(self.retries + 1):
+            try:
+                reports = await self.dispatch(step, tokens, targets)
+                break
+            except StepFailed as error:
+                action = "retry" if attempt < self.retries and not error.timed_out else "fail"
+                log.warning("step_failed", step=step, attempt=attempt + 1, action=action, error=str(error))
+                await self.recover(step, action)
+                if action == "fail":
+                    raise
+        loss_sum = sum(r.payload.loss_sum for r in reports)
+        n_tokens = sum(r.payload.tokens for r in reports)
+        slowest = max(r.payload.busy_s for r in reports)
+
+        self.tree.machine.to(SphereState.ACCUMULATING)
+        grad, sumsq, reduce_s = await self.reduce([self.gradient_row(r) for r in reports], self.grad)
+        grad_norm = math.sqrt(sumsq)
+        loss = loss_sum / n_tokens
+        applied = math.isfinite(loss) and math.isfinite(grad_norm)
+        self.events.append(make(M.GRADIENT_COMPLETE, ROOT, ROOT, pl.GradientComplete(
+            step=step, tokens=n_tokens, loss=loss, grad_norm=grad_norm)))
+
+        self.tree.machine.to(SphereState.UPDATING)
+        update_s = 0.0
+        if applied:  # a non-finite loss or gradient never reaches the weights
+            scale = min(1.0, clip_norm / (grad_norm + 1e-6)) if clip_norm > 0 else 1.0
+            update_s = await self.update(grad, lr, scale)
+        for child in self.tree.children:
+            self.send(M.WEIGHTS_UPDATED, child, pl.WeightsUpdated(step=step, lr=lr, weights=self.params_ref()))
+        self.tree.machine.to(SphereState.READY)
+        return StepResult(step=step, loss=loss, tokens=n_tokens, grad_norm=grad_norm, applied=applied,
+                          seconds=time.perf_counter() - started, kernel_seconds=slowest + reduce_s + update_s)
+
+    async def dispatch(self, step: int, tokens: np.ndarray, targets: np.ndarray) -> list:
+        """BATCH_START down the tree; returns the GRADIENT_READY / GRADIENT_ACCUMULATE that reach the root."""
+        self.batch = (tokens, targets, 1.0 / tokens.size)
+        active = set()
+        for leaf, a, b in self.micro_batches(len(tokens)):
+            if b > a:
+                child = self.route(self.tree, leaf.worker_index)
+                active.add(child.id)
+                self.send(M.BATCH_START, child, pl.BatchStart(step=step, micro_batch=leaf.worker_index, row_start=a,
+                                                              row_stop=b, grad_segment=self.segment_ref(leaf)))
+        self.tree.machine.to(SphereState.WAITING)
+        reports = await self.collect(
+            lambda m: m.type in GRADIENTS and m.payload.step == step, len(active), f"the gradients of step {step}")
+        return sorted(reports, key=lambda r: r.sender)  # a fixed summation order, whatever the arrival order
+
+    async def reduce(self, rows: list, out: np.ndarray) -> tuple:
+        """Sum gradient rows into ``out`` across the pool by parameter slices.
+
+        Returns (gradient, sum of squares, seconds of the slowest slice). A single row is
+        used in place, without a copy.
+        """
+        loop = asyncio.get_running_loop()
+        if len(rows) == 1:
+            grad = self.grad_buffers[rows[0]]
+            parts = [loop.run_in_executor(self.pool, timed, sum_squares, grad, a, b) for a, b in self.reduce_ranges]
+        else:
+            grad = out
+            index = np.array(rows, dtype=np.int64)
+            parts = [loop.run_in_executor(self.pool, timed, sum_segments, out, self.grad_buffers, index, a, b)
+                     for a, b in self.reduce_ranges]
+        results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
+        return grad, sum(r for r, _ in results), max(s for _, s in results)
+
+    async def update(self, grad: np.ndarray, lr: float, grad_scale: float) -> float:
+        """The optimizer step across the pool by parameter slices; returns the slowest slice's seconds."""
+        loop = asyncio.get_running_loop()
+        self.optimizer.step += 1
+        parts = [loop.run_in_executor(self.pool, timed, self.optimizer.update_slice, self.params, grad, pieces, lr,
+                                      grad_scale) for pieces in self.update_plan]
+        results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
+        return max(s for _, s in results)
+
+    async def recover(self, step: int, action: str) -> None:
+        """After a failed step: every sphere drops the step (ERROR_RECOVERY); returns when all have."""
+        for child in self.tree.children:
+            self.send(M.ERROR_RECOVERY, child, pl.ErrorRecovery(step=step, action=action))
+        await self.collect(lambda m: m.type is M.ERROR_RECOVERY, len(self.tree.children), "spheres to recover",
+                           errors_fail=False)
+        self.tree.inbox.drop(GRADIENTS | {M.ERROR_REPORT})
+        self.tree.machine.to(SphereState.READY)
+
+    # ----- evaluation -----
+
+    async def evaluate(self, batches: list) -> float:
+        """Mean cross-entropy over ``batches`` of (tokens, targets), rows split across the workers."""
+        total, count = 0.0, 0
+        loop = asyncio.get_running_loop()
+        for tokens, targets in batches:
+            parts = [loop.run_in_executor(self.pool, self.kernels[leaf.worker_index].evaluate, self.weights,
+                                          tokens[a:b], targets[a:b])
+                     for leaf, a, b in self.micro_batches(len(tokens)) if b > a]
+            results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
+            total += sum(loss for loss, _ in results)
+            count += tokens.size
+        return total / count
+
+    # ----- statistics -----
+
+    async def stats(self) -> dict:
+        """Per-sphere statistics rolled up the tree (STATS_REQUEST down, STATS_REPORT up)."""
+        for child in self.tree.children:
+            self.send(M.STATS_REQUEST, child, pl.StatsRequest())
+        reports = await self.collect(lambda m: m.type is M.STATS_REPORT, len(self.tree.children), "statistics")
+        children = [report_dict(r.payload) for r in sorted(reports, key=lambda r: r.sender)]
+        return {"sphere": ROOT, **totals(children), "children": children}
+
+    # ----- the spheres -----
+
+    async def run_sphere(self, sphere: Sphere) -> None:
+        """A sphere's message loop: workers compute, groups relay and reduce."""
+        pending = {}  # step -> [children expected, reports received]
+        stats_wait = []
+        while True:
+            try:
+                message = await sphere.inbox.get(timeout=self.step_timeout)
+            except TimeoutError:
+                continue
+            kind, p = message.type, message.payload
+            if kind is M.PARENT_SYNC:
+                sphere.machine.to(SphereState.READY)
+                for child in sphere.children:
+                    self.send(M.PARENT_SYNC, child, pl.ParentSync(step=p.step, parent=sphere.id), sphere.id)
+                if sphere.is_worker:
+                    self.post_root(M.WEIGHTS_REQUEST, pl.WeightsRequest(step=p.step), sphere.id)
+            elif kind is M.WEIGHTS_BROADCAST:
+                self.post_root(M.WORK_REQUEST, pl.WorkRequest(worker=sphere.worker_index,
+                                                              capacity=self.n_workers), sphere.id)
+            elif kind is M.BATCH_START and sphere.is_worker:
+                await self.run_micro_batch(sphere, p)
+            elif kind is M.BATCH_START:
+                child = self.route(sphere, p.micro_batch)
+                entry = pending.setdefault(p.step, [set(), []])
+                entry[0].add(child.id)
+                sphere.machine.to(SphereState.WAITING)
+                self.send(M.BATCH_START, child, p, sphere.id)
+            elif kind in GRADIENTS:
+                entry = pending.get(p.step)
+                if entry is None:  # a late answer of a failed step
+                    continue
+                entry[1].append(message)
+                if len(entry[1]) == len(entry[0]):
+                    del pending[p.step]
+                    await self.accumulate(sphere, p.step, sorted(entry[1], key=lambda r: r.sender))
+            elif kind is M.WEIGHTS_UPDATED:
+                sphere.machine.to(SphereState.READY)
+                for child in sphere.children:
+                    self.send(M.WEIGHTS_UPDATED, child, p, sphere.id)
+            elif kind is M.ERROR_RECOVERY:
+                pending.clear()
+                if sphere.state is not SphereState.READY:
+                    sphere.machine.to(SphereState.READY)
+                await self.relay_up(sphere, message, M.ERROR_RECOVERY)
+            elif kind is M.STATS_REQUEST:
+                stats_wait = []
+                if sphere.is_worker:
+                    self.reply_up(sphere, M.STATS_REPORT, sphere_report(sphere, []))
+                else:
+                    for child in sphere.children:
+                        self.send(M.STATS_REQUEST, child, p, sphere.id)
+            elif kind is M.STATS_REPORT:
+                stats_wait.append(message)
+                if len(stats_wait) == len(sphere.children):
+                    children = [r.payload for r in sorted(stats_wait, key=lambda r: r.sender)]
+                    self.reply_up(sphere, M.STATS_REPORT, sphere_report(sphere, children))
+            elif kind in (M.SHUTDOWN_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE):
+                for child in sphere.children:
+                    self.send(kind, child, p, sphere.id)
+                sphere.machine.to(SphereState.TERMINATING)
+                sphere.machine.to(SphereState.TERMINATED)
+                self.post_root(M.SHUTDOWN_ACK, pl.ShutdownAck(sphere=sphere.id), sphere.id)
+                return
+
+    async def relay_up(self, sphere: Sphere, message: Message, kind: M) -> None:
+        """Pass ``kind`` down to the children, wait for all of their answers, then answer the parent."""
+        if not sphere.children:
+            self.reply_up(sphere, kind, message.payload)
+            return
+        for child in sphere.children:
+            self.send(kind, child, message.payload, sphere.id)
+        answers = 0
+        while answers < len(sphere.children):
+            reply = await sphere.inbox.get(timeout=self.step_timeout)
+            if reply.type is kind:
+                answers += 1
+        sphere.inbox.drop(GRADIENTS)
+        self.reply_up(sphere, kind, message.payload)
+
+    def reply_up(self, sphere: Sphere, kind: M, payload) -> None:
+        parent = sphere.parent
+        message = make(kind, sphere.id, parent.id, payload)
+        parent.inbox.put(message)
+
+    async def run_micro_batch(self, sphere: Sphere, p) -> None:
+        """A worker's BATCH_START: its rows' forward and backward on a pool thread, then GRADIENT_READY."""
+        sphere.machine.to(SphereState.PROCESSING)
+        tokens, targets, dloss = self.batch
+        kernels = self.kernels[sphere.worker_index]
+        loop = asyncio.get_running_loop()
+        waited = time.perf_counter()
+        try:
+            future = loop.run_in_executor(self.pool, kernels.train, self.weights, tokens[p.row_start:p.row_stop],
+                                          targets[p.row_start:p.row_stop], dloss)
+            loss_sum, busy = await asyncio.wait_for(future, self.step_timeout)
+        except Exception as error:  # reported, never raised through the event loop
+            if sphere.state is SphereState.PROCESSING:
+                sphere.machine.to(SphereState.READY)
+            self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=p.step, sphere=sphere.id,
+                                                          error_type=type(error).__name__,
+                                                          message=str(error) or repr(error)), sphere.id)
+            return
+        n_tokens = (p.row_stop - p.row_start) * tokens.shape[1]
+        stats = sphere.stats
+        stats.batches += 1
+        stats.tokens += n_tokens
+        stats.busy_s += busy
+        stats.waiting_s += max(0.0, time.perf_counter() - waited - busy)
+        sphere.machine.to(SphereState.WAITING)
+        self.reply_up(sphere, M.GRADIENT_READY, pl.GradientReady(
+            step=p.step, micro_batch=p.micro_batch, tokens=n_tokens, loss_sum=loss_sum, busy_s=busy,
+            grad_segment=p.grad_segment))
+
+    async def accumulate(self, sphere: Sphere, step: int, reports: list) -> None:
+        """A group's children have all reported: sum their segments into the group's own, pass it up."""
+        sphere.machine.to(SphereState.ACCUMULATING)
+        rows = [self.gradient_row(r) for r in reports]
+        own = self.buffer_row[sphere.id]
+        if len(rows) == 1:
+            own, reduce_s = rows[0], 0.0
+        else:
+            _, _, reduce_s = await self.reduce(rows, self.grad_buffers[own])
+        sphere.machine.to(SphereState.WAITING)
+        ref = pl.BufferRef(name="grad_buffers", offset=own * self.layout.size, length=self.layout.size)
+        self.reply_up(sphere, M.GRADIENT_ACCUMULATE, pl.GradientAccumulate(
+            step=step, group=sphere.id, sources=[r.sender for r in reports], tokens=sum(r.payload.tokens for r in reports),
+            loss_sum=sum(r.payload.loss_sum for r in reports), busy_s=max(r.payload.busy_s for r in reports) + reduce_s,
+            result=ref))
+
+
+def timed(fn, *args) -> tuple:
+    start = time.perf_counter()
+    result = fn(*args)
+    return result, time.perf_counter() - start
+
+
+def sphere_report(sphere: Sphere, children: list) -> pl.StatsReport:
+    s = sphere.stats
+    return pl.StatsReport(sphere=sphere.id, batches=s.batches, tokens=s.tokens, busy_s=s.busy_s,
+                          waiting_s=s.waiting_s, children=children)
+
+
+STAT_KEYS = ("batches", "tokens", "busy_s", "waiting_s")
+
+
+def totals(children: list) -> dict:
+    return {key: sum(c[key] for c in children) for key in STAT_KEYS}
+
+
+def report_dict(report: pl.StatsReport) -> dict:
+    """A sphere's report as a dict; an inner sphere's counters are its children's totals."""
+    children = [report_dict(c) for c in report.children]
+    own = totals(children) if children else {key: getattr(report, key) for key in STAT_KEYS}
+    return {"sphere": report.sphere, **own, "children": children}

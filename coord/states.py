@@ -1,0 +1,66 @@
+"""The explicit state machines of spheres and of Node Zero."""
+
+from enum import Enum
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class SphereState(Enum):
+    INITIALIZING = "initializing"
+    READY = "ready"
+    PROCESSING = "processing"  # a worker running its micro-batch's kernels
+    WAITING = "waiting"  # waiting on children's gradients or on the weights update
+    ACCUMULATING = "accumulating"  # summing children's gradient segments
+    UPDATING = "updating"  # the root applying the optimizer step
+    IDLE = "idle"  # a worker with no rows in this step
+    TERMINATING = "terminating"
+    TERMINATED = "terminated"
+
+
+class ControlState(Enum):
+    INITIALIZING = "initializing"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+
+
+S = SphereState
+SPHERE_TRANSITIONS = {
+    S.INITIALIZING: {S.READY, S.TERMINATING},
+    S.READY: {S.PROCESSING, S.WAITING, S.IDLE, S.TERMINATING},
+    S.PROCESSING: {S.WAITING, S.READY},
+    S.WAITING: {S.ACCUMULATING, S.READY, S.TERMINATING},
+    S.ACCUMULATING: {S.WAITING, S.UPDATING, S.READY},
+    S.UPDATING: {S.READY},
+    S.IDLE: {S.READY, S.TERMINATING},
+    S.TERMINATING: {S.TERMINATED},
+    S.TERMINATED: set(),
+}
+
+C = ControlState
+CONTROL_TRANSITIONS = {
+    C.INITIALIZING: {C.RUNNING, C.STOPPING},
+    C.RUNNING: {C.PAUSED, C.STOPPING},
+    C.PAUSED: {C.RUNNING, C.STOPPING},
+    C.STOPPING: {C.STOPPED},
+    C.STOPPED: set(),
+}
+
+
+class StateMachine:
+    """A current state and the table of legal moves; an illegal move raises."""
+
+    def __init__(self, initial: Enum, transitions: dict, owner: str):
+        self.state = initial
+        self.transitions = transitions
+        self.owner = owner
+
+    def to(self, new: Enum) -> None:
+        if new is self.state:
+            return
+        if new not in self.transitions[self.state]:
+            raise IllegalTransition(f"{self.owner}: {self.state.name} -> {new.name} is not a legal transition")
+        self.state = new
