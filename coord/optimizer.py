@@ -1,7 +1,7 @@
-"""The optimizer step, split by parameter slices so every pool thread updates its own range.
+"""Optimizers over the flat parameter buffer, stepped by parameter slices across the pool.
 
-Decoupled weight decay reaches only the matrices of the linear layers, never biases,
-LayerNorm gains or the embeddings, unless ``decay_all`` is asked for.
+Weight decay reaches only the matrices of the linear layers, never biases, LayerNorm
+gains or the embeddings, unless ``decay_all`` is asked for.
 """
 
 from dataclasses import dataclass
@@ -9,18 +9,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from cllm.kernels.model import ParamLayout
-from cllm.kernels.optim import adamw_update
+from cllm.kernels.optim import adam_update, adamw_update, sgd_update
 
 ALIGN = 64  # slice boundaries on cache-line multiples of float32
+KINDS = ("adamw", "adam", "sgd")
 
 
 @dataclass(frozen=True)
-class AdamWConfig:
-    beta1: float = 0.9
+class OptimizerConfig:
+    kind: str = "adamw"
+    beta1: float = 0.9  # also SGD's momentum
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.0
     decay_all: bool = False
+    nesterov: bool = False
 
 
 def decays(name: str, decay_all: bool) -> bool:
@@ -36,21 +39,21 @@ def split_range(size: int, parts: int) -> list:
     return [(a, min(a + step, size)) for a in range(0, size, step)]
 
 
-class AdamW:
-    """AdamW state (first and second moments) over the flat parameter buffer."""
+class Optimizer:
+    """The optimizer's state (moments or momentum) and step count over the flat parameters."""
 
-    def __init__(self, layout: ParamLayout, config: AdamWConfig):
+    def __init__(self, layout: ParamLayout, config: OptimizerConfig):
         self.config = config
-        self.m = np.zeros(layout.size, dtype=np.float32)
-        self.v = np.zeros(layout.size, dtype=np.float32)
         self.step = 0
+        n_state = 1 if config.kind == "sgd" else 2
+        self.state = np.zeros((n_state, layout.size), dtype=np.float32)
         self.pieces = [(layout.slice(name).start, layout.slice(name).stop, decays(name, config.decay_all))
                        for name in layout.shapes]
 
     def plan(self, parts: int) -> list:
         """For each of ``parts`` slices: the (start, stop, decays) pieces inside it."""
         plan = []
-        for a, b in split_range(self.m.size, parts):
+        for a, b in split_range(self.state.shape[1], parts):
             plan.append([(max(a, s), min(b, e), d) for s, e, d in self.pieces if s < b and e > a])
         return plan
 
@@ -58,5 +61,11 @@ class AdamW:
         """Update the parameters of one slice; ``self.step`` is already the new step number."""
         c = self.config
         for a, b, decay in pieces:
-            adamw_update(params[a:b], grad[a:b], self.m[a:b], self.v[a:b], lr, c.beta1, c.beta2, c.eps,
-                         c.weight_decay if decay else 0.0, self.step, grad_scale)
+            wd = c.weight_decay if decay else 0.0
+            if c.kind == "sgd":
+                sgd_update(params[a:b], grad[a:b], self.state[0, a:b], lr, c.beta1, c.nesterov, wd, self.step,
+                           grad_scale)
+            else:
+                update = adamw_update if c.kind == "adamw" else adam_update
+                update(params[a:b], grad[a:b], self.state[0, a:b], self.state[1, a:b], lr, c.beta1, c.beta2, c.eps,
+                       wd, self.step, grad_scale)

@@ -2,7 +2,7 @@
 
 Each update touches only its slice, so the pool can split one optimizer step across
 threads by parameter ranges. ``grad_scale`` applies gradient clipping without a
-separate pass over the gradient.
+separate pass over the gradient. ``step`` counts from 1.
 """
 
 import numpy as np
@@ -12,7 +12,7 @@ from .jit import kernel
 
 @kernel
 def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, grad_scale):
-    # param, grad, m, v flat (N,); step counts from 1. Decoupled weight decay.
+    # AdamW: decoupled weight decay, param -= lr * (adam direction + weight_decay * param)
     bias1 = 1.0 - beta1 ** step
     bias2 = 1.0 - beta2 ** step
     for i in range(param.shape[0]):
@@ -23,3 +23,29 @@ def adamw_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, g
         v[i] = vi
         update = (mi / bias1) / (np.sqrt(vi / bias2) + eps)
         param[i] -= lr * (update + weight_decay * param[i])
+
+
+@kernel
+def adam_update(param, grad, m, v, lr, beta1, beta2, eps, weight_decay, step, grad_scale):
+    # Adam with L2 regularisation: weight_decay * param is added to the gradient
+    bias1 = 1.0 - beta1 ** step
+    bias2 = 1.0 - beta2 ** step
+    for i in range(param.shape[0]):
+        g = grad[i] * grad_scale + weight_decay * param[i]
+        mi = beta1 * m[i] + (1.0 - beta1) * g
+        vi = beta2 * v[i] + (1.0 - beta2) * g * g
+        m[i] = mi
+        v[i] = vi
+        param[i] -= lr * (mi / bias1) / (np.sqrt(vi / bias2) + eps)
+
+
+@kernel
+def sgd_update(param, grad, buf, lr, momentum, nesterov, weight_decay, step, grad_scale):
+    # SGD with momentum (buffer starts as the first gradient) and optional Nesterov
+    for i in range(param.shape[0]):
+        g = grad[i] * grad_scale + weight_decay * param[i]
+        if momentum != 0.0:
+            b = g if step == 1 else momentum * buf[i] + g
+            buf[i] = b
+            g = g + momentum * b if nesterov else b
+        param[i] -= lr * g

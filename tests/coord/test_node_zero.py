@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cllm.coord.node_zero import NodeZero, StepFailed
-from cllm.coord.optimizer import AdamW, AdamWConfig
+from cllm.coord.optimizer import Optimizer, OptimizerConfig
 from cllm.coord.sphere import Inbox
 from cllm.coord.worker import WorkerKernels
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward_backward, init_params
@@ -32,7 +32,7 @@ def reference_params(steps):
     layout = ParamLayout(CFG)
     params = init_params(CFG, 0)
     grad = np.zeros(layout.size, np.float32)
-    opt = AdamW(layout, AdamWConfig())
+    opt = Optimizer(layout, OptimizerConfig())
     acts = Activations(CFG, BATCH, CFG.block_size)
     w, g = layout.tensors(params), layout.tensors(grad)
     for x, y in batches(steps):
@@ -46,7 +46,7 @@ def reference_params(steps):
 
 async def train_with(workers, steps, resize=None, **kwargs):
     params = init_params(CFG, 0)
-    node = NodeZero(CFG, params, AdamW(ParamLayout(CFG), AdamWConfig()), workers, **kwargs)
+    node = NodeZero(CFG, params, Optimizer(ParamLayout(CFG), OptimizerConfig()), workers, **kwargs)
     await node.start()
     results = []
     try:
@@ -133,7 +133,7 @@ async def run_steps(node, steps):
 
 async def test_a_worker_that_raises_once_is_retried_and_the_step_completes(monkeypatch, reference):
     params = init_params(CFG, 0)
-    node = NodeZero(CFG, params, AdamW(ParamLayout(CFG), AdamWConfig()), 13, retries=1)
+    node = NodeZero(CFG, params, Optimizer(ParamLayout(CFG), OptimizerConfig()), 13, retries=1)
     await node.start()
     calls = failing_worker(monkeypatch, bad_worker=5, times=1)
     try:
@@ -146,7 +146,7 @@ async def test_a_worker_that_raises_once_is_retried_and_the_step_completes(monke
 
 async def test_a_worker_that_keeps_raising_fails_the_step_with_a_clear_error(monkeypatch):
     params = init_params(CFG, 0)
-    node = NodeZero(CFG, params, AdamW(ParamLayout(CFG), AdamWConfig()), 3, retries=2)
+    node = NodeZero(CFG, params, Optimizer(ParamLayout(CFG), OptimizerConfig()), 3, retries=2)
     await node.start()
     failing_worker(monkeypatch, bad_worker=1, times=100)
     before = params.copy()
@@ -168,7 +168,7 @@ async def test_a_worker_that_hangs_times_out_instead_of_hanging(monkeypatch):
 
     monkeypatch.setattr(WorkerKernels, "train", slow)
     params = init_params(CFG, 0)
-    node = NodeZero(CFG, params, AdamW(ParamLayout(CFG), AdamWConfig()), 2, step_timeout=0.5)
+    node = NodeZero(CFG, params, Optimizer(ParamLayout(CFG), OptimizerConfig()), 2, step_timeout=0.5)
     await node.start()
     started = time.monotonic()
     with pytest.raises(StepFailed, match="timed out after 0.5s"):
@@ -197,7 +197,7 @@ async def test_an_empty_inbox_times_out():
 
 async def test_a_non_finite_loss_never_reaches_the_weights():
     params = init_params(CFG, 0)
-    node = NodeZero(CFG, params, AdamW(ParamLayout(CFG), AdamWConfig()), 2)
+    node = NodeZero(CFG, params, Optimizer(ParamLayout(CFG), OptimizerConfig()), 2)
     await node.start()
     params[ParamLayout(CFG).slice("ln_f.weight")][0] = np.nan  # poisons the forward pass
     before = params.copy()
