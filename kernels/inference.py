@@ -1,0 +1,104 @@
+"""Inference with a key-value cache: each new token costs one position, not the whole context.
+
+``step`` runs n new tokens of one sequence through the model, appending their keys and
+values to the cache, and returns their logits. It reuses the training kernels for the
+per-token layers; only attention against the cache is its own kernel.
+"""
+
+import math
+
+import numpy as np
+
+from .gelu import gelu_forward
+from .jit import kernel
+from .layernorm import layernorm_forward
+from .linear import linear_forward, linear_residual_forward
+from .model import LN_EPS, GPTConfig, Tensors
+
+
+@kernel
+def cached_attention(out, qkv, k_cache, v_cache, start, scale):
+    # qkv (n,3C) for positions start..start+n-1, whose k and v are already in the caches
+    # (H,maxT,hs); out (n,C): each query attends to every cached position up to its own.
+    n = qkv.shape[0]
+    H, _, hs = k_cache.shape
+    scores = np.empty(start + n, dtype=np.float64)
+    for i in range(n):
+        last = start + i
+        for h in range(H):
+            mx = -np.inf
+            for j in range(last + 1):
+                s = 0.0
+                for d in range(hs):
+                    s += qkv[i, h * hs + d] * k_cache[h, j, d]
+                s *= scale
+                scores[j] = s
+                if s > mx:
+                    mx = s
+            total = 0.0
+            for j in range(last + 1):
+                e = np.exp(scores[j] - mx)
+                scores[j] = e
+                total += e
+            for d in range(hs):
+                acc = 0.0
+                for j in range(last + 1):
+                    acc += scores[j] * v_cache[h, j, d]
+                out[i, h * hs + d] = acc / total
+
+
+@kernel
+def store_kv(k_cache, v_cache, qkv, start):
+    # copy the keys and values of qkv (n,3C) into the caches (H,maxT,hs) at start..start+n-1
+    n = qkv.shape[0]
+    H, _, hs = k_cache.shape
+    C = H * hs
+    for i in range(n):
+        for h in range(H):
+            for d in range(hs):
+                k_cache[h, start + i, d] = qkv[i, C + h * hs + d]
+                v_cache[h, start + i, d] = qkv[i, 2 * C + h * hs + d]
+
+
+class KVCache:
+    """Keys and values of every layer for up to ``block_size`` positions of one sequence."""
+
+    def __init__(self, cfg: GPTConfig):
+        self.cfg = cfg
+        shape = (cfg.n_layer, cfg.n_head, cfg.block_size, cfg.head_size)
+        self.k = np.zeros(shape, dtype=np.float32)
+        self.v = np.zeros(shape, dtype=np.float32)
+        self.length = 0
+
+    def clear(self) -> None:
+        self.length = 0
+
+
+def step(w: Tensors, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
+    """Run ``tokens`` (n,) int at positions cache.length.. ; returns their logits (n,V)."""
+    cfg = cache.cfg
+    n, C, start = len(tokens), cfg.n_embd, cache.length
+    if start + n > cfg.block_size:
+        raise ValueError(f"{start + n} positions exceed the model's context of {cfg.block_size}")
+    x = w.wte[tokens] + w.wpe[start:start + n]
+    ln = np.empty((n, C), np.float32)
+    mean, rstd = np.empty(n, np.float32), np.empty(n, np.float32)
+    qkv = np.empty((n, 3 * C), np.float32)
+    att = np.empty((n, C), np.float32)
+    fch, fch_gelu = np.empty((n, 4 * C), np.float32), np.empty((n, 4 * C), np.float32)
+    scale = 1.0 / math.sqrt(cfg.head_size)
+    for l, p in enumerate(w.blocks):
+        layernorm_forward(ln, mean, rstd, x, p.ln_1_weight, p.ln_1_bias, LN_EPS)
+        linear_forward(qkv, ln, p.c_attn_weight, p.c_attn_bias)
+        store_kv(cache.k[l], cache.v[l], qkv, start)
+        cached_attention(att, qkv, cache.k[l], cache.v[l], start, scale)
+        x2 = np.empty((n, C), np.float32)
+        linear_residual_forward(x2, att, p.attn_c_proj_weight, p.attn_c_proj_bias, x)
+        layernorm_forward(ln, mean, rstd, x2, p.ln_2_weight, p.ln_2_bias, LN_EPS)
+        linear_forward(fch, ln, p.c_fc_weight, p.c_fc_bias)
+        gelu_forward(fch_gelu.reshape(-1), fch.reshape(-1))
+        x = np.empty((n, C), np.float32)
+        linear_residual_forward(x, fch_gelu, p.mlp_c_proj_weight, p.mlp_c_proj_bias, x2)
+    layernorm_forward(ln, mean, rstd, x, w.ln_f_weight, w.ln_f_bias, LN_EPS)
+    cache.length = start + n
+    return ln @ w.wte.T
