@@ -24,7 +24,7 @@ from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import BROADCAST, Message, MessageType as M, make
 
-from .optimizer import AdamW, split_range
+from .optimizer import Optimizer, split_range
 from .sphere import Sphere, build_tree
 from .states import CONTROL_TRANSITIONS, ControlState, SphereState, StateMachine
 from .worker import WorkerKernels
@@ -65,7 +65,7 @@ def usable_cores() -> int:
 class NodeZero:
     """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer."""
 
-    def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: AdamW, n_workers: int,
+    def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: Optimizer, n_workers: int,
                  step_timeout: float = 600.0, retries: int = 1):
         self.cfg = cfg
         self.layout = ParamLayout(cfg)
@@ -243,51 +243,57 @@ class NodeZero:
             start = stop
         return plan
 
-    async def step(self, step: int, tokens: np.ndarray, targets: np.ndarray, lr: float,
-                   clip_norm: float = 0.0) -> StepResult:
-        """One optimizer step on the global batch ``tokens``/``targets`` (B,T).
+    async def step(self, step: int, batches: list, lr: float, clip_norm: float = 0.0) -> StepResult:
+        """One optimizer step over ``batches``, a list of (tokens, targets) (B,T) micro-steps whose
+        gradients accumulate (one entry: no accumulation).
 
-        A worker that raises fails the step; it is retried ``self.retries`` times
+        A worker that raises fails the micro-step; it is retried ``self.retries`` times
         (ERROR_RECOVERY "retry") before StepFailed reaches the caller. A worker that does
         not answer within ``step_timeout`` fails it at once: its thread may still be running.
         """
         started = time.perf_counter()
-        for attempt in range(self.retries + 1):
-            try:
-                reports = await self.dispatch(step, tokens, targets)
-                break
-            except StepFailed as error:
-                action = "retry" if attempt < self.retries and not error.timed_out else "fail"
-                log.warning("step_failed", step=step, attempt=attempt + 1, action=action, error=str(error))
-                await self.recover(step, action)
-                if action == "fail":
-                    raise
-        loss_sum = sum(r.payload.loss_sum for r in reports)
-        n_tokens = sum(r.payload.tokens for r in reports)
-        slowest = max(r.payload.busy_s for r in reports)
-
-        self.tree.machine.to(SphereState.ACCUMULATING)
-        grad, sumsq, reduce_s = await self.reduce([self.gradient_row(r) for r in reports], self.grad)
+        dloss = 1.0 / sum(tokens.size for tokens, _ in batches)
+        loss_sum, n_tokens, kernel_s = 0.0, 0, 0.0
+        for k, (tokens, targets) in enumerate(batches):
+            reports = await self.dispatch_with_retry(step, tokens, targets, dloss)
+            loss_sum += sum(r.payload.loss_sum for r in reports)
+            n_tokens += sum(r.payload.tokens for r in reports)
+            self.tree.machine.to(SphereState.ACCUMULATING)
+            grad, sumsq, reduce_s = await self.reduce([self.gradient_row(r) for r in reports], self.grad,
+                                                      accumulate=k > 0, in_place=len(batches) == 1)
+            kernel_s += max(r.payload.busy_s for r in reports) + reduce_s
+            self.tree.machine.to(SphereState.WAITING)
         grad_norm = math.sqrt(sumsq)
         loss = loss_sum / n_tokens
         applied = math.isfinite(loss) and math.isfinite(grad_norm)
         self.events.append(make(M.GRADIENT_COMPLETE, ROOT, ROOT, pl.GradientComplete(
             step=step, tokens=n_tokens, loss=loss, grad_norm=grad_norm)))
 
+        self.tree.machine.to(SphereState.ACCUMULATING)
         self.tree.machine.to(SphereState.UPDATING)
-        update_s = 0.0
         if applied:  # a non-finite loss or gradient never reaches the weights
             scale = min(1.0, clip_norm / (grad_norm + 1e-6)) if clip_norm > 0 else 1.0
-            update_s = await self.update(grad, lr, scale)
+            kernel_s += await self.update(grad, lr, scale)
         for child in self.tree.children:
             self.send(M.WEIGHTS_UPDATED, child, pl.WeightsUpdated(step=step, lr=lr, weights=self.params_ref()))
         self.tree.machine.to(SphereState.READY)
         return StepResult(step=step, loss=loss, tokens=n_tokens, grad_norm=grad_norm, applied=applied,
-                          seconds=time.perf_counter() - started, kernel_seconds=slowest + reduce_s + update_s)
+                          seconds=time.perf_counter() - started, kernel_seconds=kernel_s)
 
-    async def dispatch(self, step: int, tokens: np.ndarray, targets: np.ndarray) -> list:
+    async def dispatch_with_retry(self, step: int, tokens: np.ndarray, targets: np.ndarray, dloss: float) -> list:
+        for attempt in range(self.retries + 1):
+            try:
+                return await self.dispatch(step, tokens, targets, dloss)
+            except StepFailed as error:
+                action = "retry" if attempt < self.retries and not error.timed_out else "fail"
+                log.warning("step_failed", step=step, attempt=attempt + 1, action=action, error=str(error))
+                await self.recover(step, action)
+                if action == "fail":
+                    raise
+
+    async def dispatch(self, step: int, tokens: np.ndarray, targets: np.ndarray, dloss: float) -> list:
         """BATCH_START down the tree; returns the GRADIENT_READY / GRADIENT_ACCUMULATE that reach the root."""
-        self.batch = (tokens, targets, 1.0 / tokens.size)
+        self.batch = (tokens, targets, dloss)
         active = set()
         for leaf, a, b in self.micro_batches(len(tokens)):
             if b > a:
@@ -300,21 +306,21 @@ class NodeZero:
             lambda m: m.type in GRADIENTS and m.payload.step == step, len(active), f"the gradients of step {step}")
         return sorted(reports, key=lambda r: r.sender)  # a fixed summation order, whatever the arrival order
 
-    async def reduce(self, rows: list, out: np.ndarray) -> tuple:
-        """Sum gradient rows into ``out`` across the pool by parameter slices.
+    async def reduce(self, rows: list, out: np.ndarray, accumulate: bool = False, in_place: bool = True) -> tuple:
+        """Sum gradient rows into (or, accumulating, onto) ``out`` across the pool by parameter slices.
 
-        Returns (gradient, sum of squares, seconds of the slowest slice). A single row is
-        used in place, without a copy.
+        Returns (gradient, its sum of squares, seconds of the slowest slice). A single row
+        is used where it is, without a copy, when ``in_place`` allows.
         """
         loop = asyncio.get_running_loop()
-        if len(rows) == 1:
+        if len(rows) == 1 and in_place:
             grad = self.grad_buffers[rows[0]]
             parts = [loop.run_in_executor(self.pool, timed, sum_squares, grad, a, b) for a, b in self.reduce_ranges]
         else:
             grad = out
             index = np.array(rows, dtype=np.int64)
-            parts = [loop.run_in_executor(self.pool, timed, sum_segments, out, self.grad_buffers, index, a, b)
-                     for a, b in self.reduce_ranges]
+            parts = [loop.run_in_executor(self.pool, timed, sum_segments, out, self.grad_buffers, index, a, b,
+                                          accumulate) for a, b in self.reduce_ranges]
         results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
         return grad, sum(r for r, _ in results), max(s for _, s in results)
 
@@ -364,7 +370,19 @@ class NodeZero:
     # ----- the spheres -----
 
     async def run_sphere(self, sphere: Sphere) -> None:
-        """A sphere's message loop: workers compute, groups relay and reduce."""
+        """A sphere's message loop; a fault inside it is reported to Node Zero, never swallowed."""
+        try:
+            await self.sphere_loop(sphere)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            log.error("sphere_crashed", sphere=sphere.id, error_type=type(error).__name__, error=str(error))
+            self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=self.optimizer.step, sphere=sphere.id,
+                                                          error_type=type(error).__name__,
+                                                          message=str(error) or repr(error)), sphere.id)
+
+    async def sphere_loop(self, sphere: Sphere) -> None:
+        """Workers compute, groups relay and reduce."""
         pending = {}  # step -> [children expected, reports received]
         stats_wait = []
         while True:
@@ -484,7 +502,7 @@ class NodeZero:
         if len(rows) == 1:
             own, reduce_s = rows[0], 0.0
         else:
-            _, _, reduce_s = await self.reduce(rows, self.grad_buffers[own])
+            _, _, reduce_s = await self.reduce(rows, self.grad_buffers[own], in_place=False)
         sphere.machine.to(SphereState.WAITING)
         ref = pl.BufferRef(name="grad_buffers", offset=own * self.layout.size, length=self.layout.size)
         self.reply_up(sphere, M.GRADIENT_ACCUMULATE, pl.GradientAccumulate(

@@ -4,11 +4,12 @@ from .jit import kernel
 
 
 @kernel
-def sum_segments(out, segments, rows, start, stop):
-    # out[start:stop] = sum over r in rows of segments[r, start:stop]; segments (S,N).
+def sum_segments(out, segments, rows, start, stop, accumulate):
+    # out[start:stop] (+)= sum over r in rows of segments[r, start:stop]; segments (S,N).
     # Returns the sum of squares of the result slice (for the global gradient norm).
-    for i in range(start, stop):
-        out[i] = 0.0
+    if not accumulate:
+        for i in range(start, stop):
+            out[i] = 0.0
     for r in rows:
         seg = segments[r]
         for i in range(start, stop):

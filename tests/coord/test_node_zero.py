@@ -53,7 +53,7 @@ async def train_with(workers, steps, resize=None, **kwargs):
         for step, (x, y) in enumerate(batches(steps), start=1):
             if resize and step in resize:
                 await node.resize(resize[step])
-            results.append(await node.step(step, x, y, LR, clip_norm=1.0))
+            results.append(await node.step(step, [(x, y)], LR, clip_norm=1.0))
         stats = await node.stats()
     finally:
         await node.close()
@@ -83,6 +83,18 @@ async def test_workers_spawned_and_terminated_between_steps_do_not_change_the_re
     params, _, stats = await train_with(2, 20, resize={5: 7, 9: 13, 14: 1, 17: 3})
     assert np.max(np.abs(params - reference)) < 1e-5
     assert len(stats["children"]) == 3  # the last tree: three workers under Node Zero
+
+
+async def test_accumulating_micro_steps_equals_one_large_batch(reference):
+    params = init_params(CFG, 0)
+    node = NodeZero(CFG, params, Optimizer(ParamLayout(CFG), OptimizerConfig()), 2)
+    await node.start()
+    for step, (x, y) in enumerate(batches(20), start=1):
+        thirds = [(x[i:i + 8], y[i:i + 8]) for i in (0, 8, 16)]
+        result = await node.step(step, thirds, LR, clip_norm=1.0)
+        assert result.tokens == BATCH * CFG.block_size
+    await node.close()
+    assert np.max(np.abs(params - reference)) < 1e-5
 
 
 async def test_statistics_roll_up_the_tree():
@@ -127,7 +139,7 @@ def failing_worker(monkeypatch, bad_worker, times):
 async def run_steps(node, steps):
     results = []
     for step, (x, y) in enumerate(batches(steps), start=1):
-        results.append(await node.step(step, x, y, LR, clip_norm=1.0))
+        results.append(await node.step(step, [(x, y)], LR, clip_norm=1.0))
     return results
 
 
@@ -202,7 +214,7 @@ async def test_a_non_finite_loss_never_reaches_the_weights():
     params[ParamLayout(CFG).slice("ln_f.weight")][0] = np.nan  # poisons the forward pass
     before = params.copy()
     x, y = next(batches(1))
-    result = await node.step(1, x, y, LR, 1.0)
+    result = await node.step(1, [(x, y)], LR, 1.0)
     await node.close()
     assert not result.applied
     np.testing.assert_array_equal(params, before)
