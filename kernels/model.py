@@ -128,34 +128,42 @@ def init_params(cfg: GPTConfig, seed: int, dtype=np.float32) -> np.ndarray:
     return flat
 
 
+def activation_shapes(cfg: GPTConfig, B: int, T: int) -> dict:
+    """name -> shape of every buffer a worker needs for a micro-batch of B sequences of T tokens."""
+    L, C, H, V, hs = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.head_size
+    N = B * T
+    return {
+        "encoded": (N, C),
+        "ln_1": (L, N, C), "ln_1_mean": (L, N), "ln_1_rstd": (L, N),
+        "qkv": (L, N, 3 * C),
+        "q": (L, B, H, T, hs), "k": (L, B, H, T, hs), "v": (L, B, H, T, hs), "y": (L, B, H, T, hs),
+        "att": (L, B, H, T, T),
+        "atty": (L, N, C),
+        "residual_2": (L, N, C),
+        "ln_2": (L, N, C), "ln_2_mean": (L, N), "ln_2_rstd": (L, N),
+        "fch": (L, N, 4 * C), "fch_gelu": (L, N, 4 * C),
+        "residual_3": (L, N, C),
+        "ln_f": (N, C), "ln_f_mean": (N,), "ln_f_rstd": (N,),
+        "logits": (N, V),
+        # backward scratch, reused by every layer
+        "dresidual": (N, C), "dln": (N, C), "datty": (N, C), "dqkv": (N, 3 * C), "dfch": (N, 4 * C),
+        "dq": (B, H, T, hs), "dk": (B, H, T, hs), "dv": (B, H, T, hs), "dy": (B, H, T, hs),
+        "datt": (B, H, T, T),
+    }
+
+
+def activation_bytes(cfg: GPTConfig, B: int, T: int) -> int:
+    """Memory of one worker's ``Activations`` in float32."""
+    return 4 * sum(int(np.prod(shape)) for shape in activation_shapes(cfg, B, T).values())
+
+
 class Activations:
     """One worker's buffers for a micro-batch of B sequences of T tokens, allocated once."""
 
     def __init__(self, cfg: GPTConfig, B: int, T: int, dtype=np.float32):
-        L, C, H, V, hs = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.head_size
-        N = B * T
         self.B, self.T = B, T
-        z = lambda *shape: np.zeros(shape, dtype=dtype)  # noqa: E731
-        self.encoded = z(N, C)
-        self.ln_1, self.ln_1_mean, self.ln_1_rstd = z(L, N, C), z(L, N), z(L, N)
-        self.qkv = z(L, N, 3 * C)
-        self.q, self.k, self.v, self.y = z(L, B, H, T, hs), z(L, B, H, T, hs), z(L, B, H, T, hs), z(L, B, H, T, hs)
-        self.att = z(L, B, H, T, T)
-        self.atty = z(L, N, C)
-        self.residual_2 = z(L, N, C)
-        self.ln_2, self.ln_2_mean, self.ln_2_rstd = z(L, N, C), z(L, N), z(L, N)
-        self.fch, self.fch_gelu = z(L, N, 4 * C), z(L, N, 4 * C)
-        self.residual_3 = z(L, N, C)
-        self.ln_f, self.ln_f_mean, self.ln_f_rstd = z(N, C), z(N), z(N)
-        self.logits = z(N, V)
-        # backward scratch, reused by every layer
-        self.dresidual = z(N, C)
-        self.dln = z(N, C)
-        self.datty = z(N, C)
-        self.dqkv = z(N, 3 * C)
-        self.dfch = z(N, 4 * C)
-        self.dq, self.dk, self.dv, self.dy = z(B, H, T, hs), z(B, H, T, hs), z(B, H, T, hs), z(B, H, T, hs)
-        self.datt = z(B, H, T, T)
+        for name, shape in activation_shapes(cfg, B, T).items():
+            setattr(self, name, np.zeros(shape, dtype=dtype))
 
 
 def forward(w: Tensors, acts: Activations, tokens: np.ndarray) -> np.ndarray:

@@ -1,0 +1,157 @@
+"""Checkpoints: a directory the Hugging Face ecosystem loads as a GPT-2 model.
+
+``model.safetensors`` holds the tensors under their GPT-2 names (``transformer.wte.weight``,
+``transformer.h.0.attn.c_attn.weight`` in the Conv1D (in, out) layout, ...), ``config.json``
+is a GPT-2 config, the tokenizer sits beside them (``tokenizer.json`` or ``vocab.json``),
+and ``training_state.npz`` carries what exact resumption needs.
+
+A checkpoint is written into a temporary directory beside its final place, flushed to
+disk and renamed into place, so a crash at any moment leaves the previous one whole.
+"""
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from cllm.kernels.model import GPTConfig, ParamLayout
+
+from .errors import UserError
+from .tokenizer import load_tokenizer
+
+PREFIX = "transformer."
+CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
+
+
+def gpt2_config(cfg: GPTConfig, eos_id) -> dict:
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,
+        "n_embd": cfg.n_embd,
+        "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": 0.0,
+        "embd_pdrop": 0.0,
+        "attn_pdrop": 0.0,
+        "layer_norm_epsilon": 1e-5,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "torch_dtype": "float32",
+    }
+
+
+def fsync_tree(path: Path) -> None:
+    for item in path.iterdir():
+        with open(item, "rb") as f:
+            os.fsync(f.fileno())
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray, tokenizer, state: dict) -> Path:
+    """Write ``run_dir/checkpoint-<step>`` atomically; returns its path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    final = run_dir / f"checkpoint-{step:08d}"
+    staging = run_dir / f".{final.name}.tmp-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir()
+    try:
+        tensors = {PREFIX + name: np.ascontiguousarray(view) for name, view in ParamLayout(cfg).views(params).items()}
+        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
+        (staging / "config.json").write_text(json.dumps(gpt2_config(cfg, tokenizer.eos_id), indent=2) + "\n")
+        tokenizer.save(staging)
+        np.savez(staging / "training_state.npz", **state)
+        fsync_tree(staging)
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(staging, final)
+        fd = os.open(run_dir, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list:
+    """Complete checkpoints in ``run_dir``, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def resolve_checkpoint(path: Path) -> Path:
+    """A checkpoint directory, or a run directory meaning its latest checkpoint."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"checkpoint {path} does not exist; give a checkpoint directory or a run's checkpoint directory")
+    if (path / "config.json").exists():
+        return path
+    found = list_checkpoints(path)
+    if not found:
+        raise UserError(f"{path} holds no checkpoint (no config.json, no checkpoint-* directories)")
+    return found[-1]
+
+
+def read_config(path: Path) -> GPTConfig:
+    file = path / "config.json"
+    try:
+        raw = json.loads(file.read_text())
+        return GPTConfig(vocab_size=int(raw["vocab_size"]), block_size=int(raw["n_positions"]),
+                         n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]), n_embd=int(raw["n_embd"]))
+    except FileNotFoundError:
+        raise UserError(f"{file} is missing; the checkpoint is incomplete") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise UserError(f"{file} is not a GPT-2 config ({error}); the checkpoint is damaged") from None
+
+
+def load_checkpoint(path: Path) -> tuple:
+    """(config, flat float32 parameters, tokenizer, checkpoint directory) of a checkpoint."""
+    path = resolve_checkpoint(path)
+    cfg = read_config(path)
+    layout = ParamLayout(cfg)
+    file = path / "model.safetensors"
+    try:
+        tensors = load_file(str(file))
+    except FileNotFoundError:
+        raise UserError(f"{file} is missing; the checkpoint is incomplete") from None
+    except (SafetensorError, OSError, ValueError) as error:
+        raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
+    params = np.empty(layout.size, dtype=np.float32)
+    views = layout.views(params)
+    for name, view in views.items():
+        tensor = tensors.get(PREFIX + name)
+        if tensor is None:
+            raise UserError(f"{file} has no tensor {PREFIX + name}; it does not match its config.json")
+        if tensor.shape != view.shape:
+            raise UserError(f"{file}: {PREFIX + name} has shape {tuple(tensor.shape)}, config.json implies "
+                            f"{view.shape}")
+        view[...] = tensor
+    tokenizer = load_tokenizer(path)
+    if tokenizer.vocab_size != cfg.vocab_size:
+        raise UserError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but config.json says "
+                        f"{cfg.vocab_size}; the tokenizer belongs to another model")
+    return cfg, params, tokenizer, path
