@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,8 @@ from .errors import UserError
 from .tokenizer import load_tokenizer
 
 PREFIX = "transformer."
+BEST_FILE = "best.json"
+STATE_FILE = "training_state.npz"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 
 
@@ -78,7 +81,7 @@ def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray
         save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
         (staging / "config.json").write_text(json.dumps(gpt2_config(cfg, tokenizer.eos_id), indent=2) + "\n")
         tokenizer.save(staging)
-        np.savez(staging / "training_state.npz", **state)
+        np.savez(staging / STATE_FILE, **state)
         fsync_tree(staging)
         if final.exists():
             shutil.rmtree(final)
@@ -92,6 +95,58 @@ def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final
+
+
+def write_atomically(path: Path, text: str) -> None:
+    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(staging, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(staging, path)
+
+
+def mark_best(run_dir: Path, checkpoint: Path, val_loss: float) -> None:
+    """Record ``checkpoint`` as the run's best (``best.json``); pruning keeps it."""
+    write_atomically(Path(run_dir) / BEST_FILE, json.dumps({"checkpoint": checkpoint.name, "val_loss": val_loss}) + "\n")
+
+
+def best_checkpoint(run_dir: Path) -> Path | None:
+    try:
+        name = json.loads((Path(run_dir) / BEST_FILE).read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = Path(run_dir) / name
+    return path if CHECKPOINT_NAME.match(name) and path.is_dir() else None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> list:
+    """Delete all but the ``keep`` newest checkpoints and the best one, and stale staging directories."""
+    run_dir = Path(run_dir)
+    best = best_checkpoint(run_dir)
+    found = list_checkpoints(run_dir)
+    doomed = [p for p in found[:max(0, len(found) - keep)] if p != best]
+    for path in doomed:
+        shutil.rmtree(path)
+    for stale in run_dir.glob(".checkpoint-*.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return doomed
+
+
+def load_training_state(path: Path) -> dict:
+    """The arrays of a checkpoint's ``training_state.npz``."""
+    file = Path(path) / STATE_FILE
+    try:
+        with np.load(file, allow_pickle=False) as data:
+            state = {key: data[key] for key in data.files}
+    except FileNotFoundError:
+        raise UserError(f"{file} is missing; this checkpoint holds weights only and cannot be resumed") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
+    missing = {"optimizer_state", "optimizer_step", "run_state"} - set(state)
+    if missing:
+        raise UserError(f"{file} lacks {', '.join(sorted(missing))}; the checkpoint is damaged")
+    return state
 
 
 def list_checkpoints(run_dir: Path) -> list:

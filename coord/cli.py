@@ -1,16 +1,18 @@
-"""The ``cllm`` command line."""
+"""The ``cllm`` command line: train, generate, eval."""
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
 
 import structlog
 
-from .errors import UserError
+from .errors import RunFailed, UserError
 from .logs import configure
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cllm"
+MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
 
 
 class Parser(argparse.ArgumentParser):
@@ -20,24 +22,38 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be positive")
-    return value
+def number(kind, low=None, strict=True):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'whole number' if kind is int else 'number'}") \
+                from None
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
+        if low is not None and (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"{value} must be {'positive' if low == 0 and strict else f'at least {low}'}"
+                                             + (" finite number" if kind is float else ""))
+        return value
+    return parse
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text} must be a positive finite number")
-    return value
+positive_int = number(int, 0)
+count = number(int, 0, strict=False)
+positive_float = number(float, 0)
+fraction = number(float, 0, strict=False)
+
+
+def add_logging(p) -> None:
+    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
+                   help="auto: JSON lines unless standard output is a terminal")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+
+
+def add_data(p) -> None:
+    p.add_argument("--include", action="append", default=[], help="glob of files to read in a directory (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], help="glob of files to skip in a directory (repeatable)")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where tokenized corpora are cached")
 
 
 def add_train(commands) -> None:
@@ -49,58 +65,188 @@ def add_train(commands) -> None:
                         "library's own source")
     p.add_argument("--tokenizer", choices=("char", "bpe"), default="char")
     p.add_argument("--vocab-size", type=positive_int, default=8192, help="BPE vocabulary size (bpe only)")
-    p.add_argument("--embed-dim", type=positive_int, default=128)
-    p.add_argument("--num-layers", type=positive_int, default=4)
-    p.add_argument("--num-heads", type=positive_int, default=4)
-    p.add_argument("--seq-len", type=positive_int, default=64)
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    for name, default in MODEL_DEFAULTS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=positive_int, help=f"default {default}")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per micro-step")
+    p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=positive_int, help="optimizer steps (default 300)")
+    length.add_argument("--steps", type=positive_int, help="optimizer steps (default 1000)")
     length.add_argument("--epochs", type=positive_int, help="passes over the training split")
     p.add_argument("--threads", type=positive_int, default=usable_cores(),
                    help="worker threads (default: the cores this process may use)")
-    p.add_argument("--checkpoint-dir", type=Path, default=Path("runs/cllm"))
     p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--eval-interval", type=int, default=0, help="steps between validation passes (0: at the end)")
-    p.add_argument("--include", action="append", default=[], help="glob of files to read in a directory (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], help="glob of files to skip in a directory (repeatable)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where tokenized corpora are cached")
-    p.add_argument("--log-format", choices=("auto", "json", "console"), default="auto",
-                   help="auto: JSON lines unless standard output is a terminal")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info")
+    o = p.add_argument_group("optimisation")
+    o.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default="adamw")
+    o.add_argument("--learning-rate", type=positive_float, default=1e-3)
+    o.add_argument("--beta1", type=fraction, default=0.9, help="Adam's first beta, or SGD's momentum")
+    o.add_argument("--beta2", type=fraction, default=0.95)
+    o.add_argument("--eps", type=positive_float, default=1e-8)
+    o.add_argument("--weight-decay", type=fraction, default=0.0, help="decays linear-layer weights only")
+    o.add_argument("--decay-all", action="store_true", help="decay biases, LayerNorm and embeddings too")
+    o.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    o.add_argument("--clip-norm", type=fraction, default=1.0, help="clip the gradient's global norm (0: off)")
+    o.add_argument("--lr-schedule", choices=("constant", "linear", "cosine", "exponential", "cyclical"),
+                   default="constant")
+    o.add_argument("--warmup-steps", type=count, default=0)
+    o.add_argument("--decay-steps", type=positive_int, help="step at which decay reaches --min-lr (default: --steps)")
+    o.add_argument("--min-lr", type=fraction, default=0.0)
+    o.add_argument("--cycle-steps", type=positive_int, default=500, help="half period of the cyclical schedule")
+    e = p.add_argument_group("evaluation and checkpoints")
+    e.add_argument("--eval-interval", type=count, default=0, help="steps between validation passes (0: at the end)")
+    e.add_argument("--eval-batches", type=positive_int, default=8)
+    e.add_argument("--patience", type=count, default=0, help="evaluations without improvement before stopping")
+    e.add_argument("--max-bad-steps", type=positive_int, default=5,
+                   help="non-finite steps in a row before the run stops")
+    e.add_argument("--checkpoint-dir", type=Path, help="default runs/cllm, or the --resume run's directory")
+    e.add_argument("--checkpoint-interval", type=count, default=0, help="steps between checkpoints (0: at the end)")
+    e.add_argument("--keep-checkpoints", type=positive_int, default=3, help="newest checkpoints kept (and the best)")
+    e.add_argument("--resume", type=Path, help="continue a run from its checkpoint directory")
+    add_data(p)
+    add_logging(p)
     p.set_defaults(run=run_train)
 
 
-def run_train(args) -> int:
+def model_config(args, vocab_size: int, resumed):
     from cllm.kernels.model import GPTConfig
 
-    from .dataset import prepare_dataset
-    from .progress import ProgressBar
-    from .train import TrainConfig, check_memory, run_event_loop, train
-
-    if args.embed_dim % args.num_heads:
-        raise UserError(f"--embed-dim {args.embed_dim} is not divisible by --num-heads {args.num_heads}; "
+    if resumed is not None:
+        cfg = resumed
+        given = {"embed_dim": cfg.n_embd, "num_layers": cfg.n_layer, "num_heads": cfg.n_head, "seq_len": cfg.block_size}
+        for name, value in given.items():
+            asked = getattr(args, name)
+            if asked is not None and asked != value:
+                raise UserError(f"--{name.replace('_', '-')} {asked} differs from the resumed model's {value}; "
+                                "leave it out when resuming")
+        return cfg
+    sizes = {name: getattr(args, name) or default for name, default in MODEL_DEFAULTS.items()}
+    if sizes["embed_dim"] % sizes["num_heads"]:
+        raise UserError(f"--embed-dim {sizes['embed_dim']} is not divisible by --num-heads {sizes['num_heads']}; "
                         "choose sizes where it is (e.g. --embed-dim 128 --num-heads 4)")
-    if args.eval_interval < 0:
-        raise UserError("--eval-interval must be 0 or positive")
+    return GPTConfig(vocab_size=vocab_size, block_size=sizes["seq_len"], n_layer=sizes["num_layers"],
+                     n_head=sizes["num_heads"], n_embd=sizes["embed_dim"])
+
+
+def run_train(args) -> int:
+    import numpy as np
+
+    from cllm.kernels.model import ParamLayout, init_params
+
+    from .checkpoint import load_checkpoint, load_training_state
+    from .dataset import prepare_dataset
+    from .optimizer import Optimizer, OptimizerConfig
+    from .progress import ProgressBar
+    from .schedule import Schedule
+    from .train import RunState, TrainConfig, Trainer, check_memory, restore_state, run_event_loop
+
     if args.data is not None and not args.data.exists():
         raise UserError(f"{args.data} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
+    if args.lr_schedule == "exponential" and args.min_lr <= 0:
+        raise UserError("--lr-schedule exponential needs a positive --min-lr to decay to")
+    resumed = None
+    if args.resume is not None:
+        resumed = load_checkpoint(args.resume)
+        training_state = load_training_state(resumed[3])
     as_json = configure(args.log_format, args.log_level)
-    dataset = prepare_dataset(args.data, args.tokenizer, args.vocab_size, args.cache_dir,
-                              include=tuple(args.include), exclude=tuple(args.exclude))
-    dataset.validate_seq_len(args.seq_len)
-    steps = args.steps or 300
+    dataset = prepare_dataset(args.data, args.tokenizer, args.vocab_size, args.cache_dir, include=tuple(args.include),
+                              exclude=tuple(args.exclude), tokenizer=resumed[2] if resumed else None)
+    model = model_config(args, dataset.tokenizer.vocab_size, resumed[0] if resumed else None)
+    dataset.validate_seq_len(model.block_size)
+    steps = args.steps or 1000
     if args.epochs:
-        steps = args.epochs * dataset.steps_per_epoch(args.batch_size, args.seq_len)
-    model = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=args.seq_len, n_layer=args.num_layers,
-                      n_head=args.num_heads, n_embd=args.embed_dim)
-    check_memory(model, args.batch_size, args.seq_len, args.threads)
-    config = TrainConfig(batch_size=args.batch_size, seq_len=args.seq_len, learning_rate=args.learning_rate,
-                         steps=steps, threads=args.threads, seed=args.seed, eval_interval=args.eval_interval,
+        steps = args.epochs * dataset.steps_per_epoch(args.batch_size * args.grad_accum, model.block_size)
+    check_memory(model, args.batch_size, model.block_size, args.threads)
+    opt_config = OptimizerConfig(kind=args.optimizer, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
+                                 weight_decay=args.weight_decay, decay_all=args.decay_all, nesterov=args.nesterov)
+    schedule = Schedule(kind=args.lr_schedule, lr=args.learning_rate, warmup_steps=args.warmup_steps,
+                        decay_steps=args.decay_steps or steps, min_lr=args.min_lr, cycle_steps=args.cycle_steps)
+    config = TrainConfig(batch_size=args.batch_size, seq_len=model.block_size, steps=steps, threads=args.threads,
+                         seed=args.seed, optimizer=opt_config, schedule=schedule, grad_accum=args.grad_accum,
+                         clip_norm=args.clip_norm, eval_interval=args.eval_interval, eval_batches=args.eval_batches,
+                         patience=args.patience, max_bad_steps=args.max_bad_steps,
+                         checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
                          log_interval=10 if as_json else 0)
+    layout = ParamLayout(model)
+    if resumed:
+        params = resumed[1]
+        optimizer, state = restore_state(training_state, layout, opt_config, resumed[3])
+        run_dir = args.checkpoint_dir or resumed[3].parent
+        structlog.get_logger("cllm").info("resumed", checkpoint=str(resumed[3]), step=state.step)
+        if state.step >= steps:
+            raise UserError(f"{resumed[3]} is at step {state.step}, already at --steps {steps}; ask for more steps")
+    else:
+        params = init_params(model, args.seed)
+        optimizer, state = Optimizer(layout, opt_config), RunState()
+        run_dir = args.checkpoint_dir or Path("runs/cllm")
+    assert params.dtype == np.float32
     progress = ProgressBar(steps) if not as_json and sys.stderr.isatty() else None
-    run_event_loop(train(model, config, dataset, args.checkpoint_dir, progress))
+    trainer = Trainer(model, config, dataset, run_dir, params, optimizer, state, progress=progress)
+    run_event_loop(trainer.run())
+    return 0
+
+
+def add_generate(commands) -> None:
+    p = commands.add_parser("generate", help="sample text from a checkpoint, streamed as it comes")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint directory, or a run directory (its latest)")
+    p.add_argument("--prompt", default="")
+    p.add_argument("--max-new-tokens", type=positive_int, default=200)
+    p.add_argument("--temperature", type=fraction, default=0.8, help="0: always the likeliest token")
+    p.add_argument("--top-k", type=count, default=0, help="sample among the k likeliest (0: all)")
+    p.add_argument("--top-p", type=number(float, 0), default=1.0, help="sample within this probability mass")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    from cllm.kernels.inference import KVCache
+    from cllm.kernels.model import ParamLayout
+
+    from .checkpoint import load_checkpoint
+    from .sampling import SamplingConfig, generate_text
+
+    if args.top_p > 1:
+        raise UserError(f"--top-p {args.top_p} must be at most 1")
+    cfg, params, tokenizer, _ = load_checkpoint(args.checkpoint)
+    config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                            top_p=args.top_p, seed=args.seed)
+    tokenizer.encode(args.prompt)  # refuse a prompt the vocabulary cannot spell before printing anything
+    out = sys.stdout
+    out.write(args.prompt)
+    for piece in generate_text(ParamLayout(cfg).tensors(params), KVCache(cfg), tokenizer, args.prompt, config):
+        out.write(piece)
+        out.flush()
+    out.write("\n")
+    return 0
+
+
+def add_eval(commands) -> None:
+    p = commands.add_parser("eval", help="loss and perplexity of a checkpoint on a corpus")
+    p.add_argument("checkpoint", type=Path, help="a checkpoint directory, or a run directory (its latest)")
+    p.add_argument("data", type=Path, help="a text file, a directory tree, a .jsonl file or SQuAD JSON")
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--max-batches", type=positive_int, default=50)
+    p.add_argument("--split", choices=("all", "val"), default="all",
+                   help="all: windows across the whole corpus; val: its validation split only")
+    add_data(p)
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args) -> int:
+    import json
+
+    from .checkpoint import load_checkpoint
+    from .dataset import prepare_dataset
+    from .evaluate import evaluate_checkpoint
+
+    if not args.data.exists():
+        raise UserError(f"{args.data} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
+    cfg, params, tokenizer, path = load_checkpoint(args.checkpoint)
+    configure("json", "warning", stream=sys.stderr)
+    dataset = prepare_dataset(args.data, tokenizer.kind, tokenizer.vocab_size, args.cache_dir,
+                              include=tuple(args.include), exclude=tuple(args.exclude),
+                              val_fraction=0.1 if args.split == "val" else 0.0, tokenizer=tokenizer)
+    loss, tokens = evaluate_checkpoint(cfg, params, dataset, args.batch_size, args.max_batches, args.split)
+    print(json.dumps({"checkpoint": str(path), "data": str(args.data), "tokens": tokens, "loss": round(loss, 6),
+                      "perplexity": round(math.exp(min(loss, 700.0)), 4)}))
     return 0
 
 
@@ -108,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cllm", description="Train GPT-style language models on CPUs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train(commands)
+    add_generate(commands)
+    add_eval(commands)
     return parser
 
 
@@ -118,6 +266,11 @@ def main(argv=None) -> int:
     except UserError as error:
         print(f"cllm: error: {error}", file=sys.stderr)
         return 2
+    except RunFailed as error:
+        print(f"cllm: run failed: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        structlog.get_logger("cllm").warning("interrupted")
+        print("cllm: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return 0

@@ -74,9 +74,11 @@ def stage_corpus(path, include, exclude, max_bytes, separator: str, staging: Pat
     return digest.hexdigest(), count, chars
 
 
-def build_entry(staging: Path, entry: Path, kind: str, vocab_size: int, digest: str, documents: int) -> None:
+def build_entry(staging: Path, entry: Path, kind: str, vocab_size: int, digest: str, documents: int,
+                tokenizer=None) -> None:
+    """Tokenize the staging text into the cache entry ``entry`` (training the tokenizer unless given)."""
     started = time.perf_counter()
-    tokenizer = train_tokenizer(kind, lambda: text_chunks(staging), vocab_size)
+    tokenizer = tokenizer or train_tokenizer(kind, lambda: text_chunks(staging), vocab_size)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     building = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
     shutil.rmtree(building, ignore_errors=True)
@@ -102,8 +104,14 @@ def build_entry(staging: Path, entry: Path, kind: str, vocab_size: int, digest: 
 
 
 def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path, include: tuple = (),
-                    exclude: tuple = (), val_fraction: float = 0.1, max_bytes: int | None = None) -> "TokenDataset":
-    """The tokenized corpus at ``path`` (None: the standard library's source), from the cache when it can."""
+                    exclude: tuple = (), val_fraction: float = 0.1, max_bytes: int | None = None,
+                    tokenizer=None) -> "TokenDataset":
+    """The tokenized corpus at ``path`` (None: the standard library's source), from the cache when it can.
+
+    With ``tokenizer`` (a resumed run's) the corpus is encoded with it instead of a new one.
+    """
+    if tokenizer is not None:
+        tokenizer_kind = tokenizer.kind
     if tokenizer_kind not in SEPARATORS:
         raise UserError(f"unknown tokenizer {tokenizer_kind!r}; choose char or bpe")
     cache_dir = Path(cache_dir)
@@ -115,12 +123,15 @@ def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path,
     staging = cache_dir / f".staging-{os.getpid()}.txt"
     try:
         digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, SEPARATORS[tokenizer_kind], staging)
-        key = f"{digest[:24]}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
+        if tokenizer is not None:
+            key = f"{digest[:24]}-{tokenizer.kind}-{tokenizer.fingerprint()}"
+        else:
+            key = f"{digest[:24]}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
         entry = cache_dir / key
         if (entry / "meta.json").exists():
             log.info("dataset_cached", path=str(entry))
         else:
-            build_entry(staging, entry, tokenizer_kind, vocab_size, digest, documents)
+            build_entry(staging, entry, tokenizer_kind, vocab_size, digest, documents, tokenizer)
     finally:
         staging.unlink(missing_ok=True)
     return TokenDataset(entry, val_fraction)
@@ -178,7 +189,13 @@ class TokenDataset:
 
     def val_batches(self, batch_size: int, seq_len: int, max_batches: int) -> list:
         """A fixed set of validation batches: windows evenly spaced across the validation split."""
-        available = self.windows(self.n_val, seq_len)
+        return self.spread_batches(self.val, batch_size, seq_len, max_batches)
+
+    def spread_batches(self, tokens: np.ndarray, batch_size: int, seq_len: int, max_batches: int) -> list:
+        """Up to ``max_batches`` batches of windows evenly spaced across ``tokens``."""
+        available = self.windows(len(tokens), seq_len)
+        if available < 1:
+            raise UserError(f"{len(tokens)} tokens are too few for windows of {seq_len + 1}; give more text")
         count = min(available, batch_size * max_batches)
         starts = np.linspace(0, available - 1, count).round().astype(np.int64) * seq_len
-        return [self.gather(self.val, starts[i:i + batch_size], seq_len) for i in range(0, count, batch_size)]
+        return [self.gather(tokens, starts[i:i + batch_size], seq_len) for i in range(0, count, batch_size)]

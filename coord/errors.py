@@ -7,3 +7,7 @@ class UserError(Exception):
     The message is one line that says what is wrong and what to do about it;
     the edge (CLI, socket, config loader) prints it and exits or replies, without a traceback.
     """
+
+
+class RunFailed(Exception):
+    """A run that cannot go on (non-finite losses in a row, a step that kept failing); one line says why."""

@@ -1,7 +1,14 @@
-"""The training loop: get a batch, let Node Zero run the step, log, evaluate, checkpoint."""
+"""The training loop: get a batch, let Node Zero run the step, log, evaluate, checkpoint.
+
+Everything a run depends on is a function of the step or lives in the checkpoint (weights,
+optimizer moments, best-so-far and patience counters), and batches are a pure function of
+(seed, step), so a resumed run continues bit for bit where an uninterrupted one would be.
+"""
 
 import asyncio
+import math
 import os
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +17,16 @@ import numpy as np
 import structlog
 from threadpoolctl import threadpool_limits
 
-from cllm.kernels.model import GPTConfig, ParamLayout, activation_bytes, init_params
+from cllm.kernels.model import GPTConfig, ParamLayout, activation_bytes
+from cllm.protocol import payloads as pl
+from cllm.protocol.messages import MessageType as M
 
-from .checkpoint import save_checkpoint
-from .errors import UserError
-from .node_zero import NodeZero
+from .checkpoint import mark_best, prune_checkpoints, save_checkpoint
+from .errors import RunFailed, UserError
+from .hooks import Hook, Hooks
+from .node_zero import NodeZero, StepFailed
 from .optimizer import Optimizer, OptimizerConfig
+from .schedule import Schedule, learning_rate
 
 log = structlog.get_logger("cllm.train")
 
@@ -24,17 +35,31 @@ log = structlog.get_logger("cllm.train")
 class TrainConfig:
     batch_size: int = 16
     seq_len: int = 64
-    learning_rate: float = 1e-3
-    steps: int = 500
+    steps: int = 1000
     threads: int = 1
     seed: int = 1337
-    clip_norm: float = 1.0
-    beta1: float = 0.9
-    beta2: float = 0.95
-    weight_decay: float = 0.0
+    optimizer: OptimizerConfig = OptimizerConfig()
+    schedule: Schedule = Schedule()
+    grad_accum: int = 1  # micro-steps whose gradients add up to one step
+    clip_norm: float = 1.0  # 0: no clipping
     eval_interval: int = 0  # 0: evaluate only at the end
     eval_batches: int = 8
-    log_interval: int = 10
+    patience: int = 0  # evaluations without improvement before stopping early; 0: never
+    max_bad_steps: int = 5  # non-finite steps in a row before the run stops
+    checkpoint_interval: int = 0  # 0: only at the end
+    keep_checkpoints: int = 3
+    log_interval: int = 10  # 0: no per-step events (a progress bar shows them)
+
+
+@dataclass
+class RunState:
+    """What the loop carries from step to step; saved in every checkpoint."""
+
+    step: int = 0
+    best_val: float = math.inf
+    best_step: int = 0
+    evals_since_best: int = 0
+    bad_in_row: int = 0
 
 
 def estimate_memory(model: GPTConfig, batch_size: int, seq_len: int, threads: int) -> int:
@@ -71,51 +96,184 @@ def run_event_loop(coroutine):
     return uvloop.run(coroutine)
 
 
-async def train(model: GPTConfig, config: TrainConfig, dataset, run_dir: Path, progress=None) -> dict:
-    """Train ``model`` on ``dataset`` for ``config.steps`` steps; returns the final figures."""
-    params = init_params(model, config.seed)
-    optimizer = Optimizer(ParamLayout(model), OptimizerConfig(beta1=config.beta1, beta2=config.beta2,
-                                                              weight_decay=config.weight_decay))
-    node = NodeZero(model, params, optimizer, config.threads)
-    val_batches = dataset.val_batches(config.batch_size, config.seq_len, config.eval_batches)
-    log.info("train_started", steps=config.steps, batch_size=config.batch_size, seq_len=config.seq_len,
-             threads=config.threads, parameters=int(params.size), vocab_size=model.vocab_size,
-             train_tokens=dataset.n_train, val_tokens=dataset.n_val)
-    with threadpool_limits(1, user_api="blas"):  # the pool is the parallelism; BLAS stays single-threaded
-        await node.start()
+class Trainer:
+    """One run: the model's parameters and optimizer, Node Zero, the data and the run directory."""
+
+    def __init__(self, model: GPTConfig, config: TrainConfig, dataset, run_dir: Path, params: np.ndarray,
+                 optimizer: Optimizer, state: RunState, hooks: Hooks | None = None, progress=None):
+        self.model, self.config, self.dataset, self.run_dir = model, config, dataset, Path(run_dir)
+        self.params, self.optimizer, self.state = params, optimizer, state
+        self.hooks = hooks or Hooks()
+        self.progress = progress
+        self.node = NodeZero(model, params, optimizer, config.threads)
+        self.val_batches = dataset.val_batches(config.batch_size, config.seq_len, config.eval_batches)
+        self.stop_reason = None
+
+    async def run(self) -> dict:
+        c = self.config
+        log.info("train_started", steps=c.steps, start_step=self.state.step, batch_size=c.batch_size,
+                 seq_len=c.seq_len, threads=c.threads, parameters=int(self.params.size),
+                 vocab_size=self.model.vocab_size, train_tokens=self.dataset.n_train, val_tokens=self.dataset.n_val,
+                 optimizer=c.optimizer.kind, schedule=c.schedule.kind)
+        with threadpool_limits(1, user_api="blas"):  # the pool is the parallelism; BLAS stays single-threaded
+            await self.node.start()
+            self.watch_signals()
+            try:
+                summary = await self.loop()
+            finally:
+                self.unwatch_signals()
+                await self.node.close()
+        return summary
+
+    def watch_signals(self) -> None:
+        """SIGINT/SIGTERM: finish the step, checkpoint, exit; a second one stops at once."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.on_signal, sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+                return
+
+    def unwatch_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError, ValueError):
+                return
+
+    def on_signal(self, sig: int) -> None:
+        if self.stop_reason is not None:
+            log.warning("stop_now", signal=signal.Signals(sig).name)
+            os._exit(128 + sig)  # checkpoints are written atomically: nothing is left half-done
+        self.stop_reason = signal.Signals(sig).name
+        self.node.request(M.SHUTDOWN_REQUEST, pl.ShutdownRequest(reason=self.stop_reason, after_step=True))
+
+    async def loop(self) -> dict:
+        c, s = self.config, self.state
+        started, tokens_seen, last = time.perf_counter(), 0, None
+        per_epoch = self.dataset.steps_per_epoch(c.batch_size, c.seq_len)
+        while s.step < c.steps:
+            step = s.step + 1
+            epoch = (step - 1) // per_epoch
+            if (step - 1) % per_epoch == 0:
+                self.hooks.fire(Hook.EPOCH_START, epoch=epoch, step=step)
+                log.info("epoch_start", epoch=epoch, step=step)
+            lr = learning_rate(c.schedule, step)
+            self.hooks.fire(Hook.BATCH_START, step=step, epoch=epoch, lr=lr)
+            result = await self.train_step(step, lr)
+            s.step = step
+            tokens_seen += result.tokens
+            last = result
+            self.after_step(result, lr)
+            if step % per_epoch == 0:
+                self.hooks.fire(Hook.EPOCH_END, epoch=epoch, step=step)
+                log.info("epoch_end", epoch=epoch, step=step)
+            evaluated = False
+            if c.eval_interval and step % c.eval_interval == 0 and step < c.steps:
+                evaluated = await self.evaluate_and_track()
+            if c.checkpoint_interval and step % c.checkpoint_interval == 0 and step < c.steps:
+                self.checkpoint(best=evaluated)
+            elif evaluated and s.best_step == step:
+                self.checkpoint(best=True)
+            if self.stop_requested():
+                break
+            if c.patience and s.evals_since_best >= c.patience:
+                log.info("early_stop", step=step, best_val_loss=s.best_val, best_step=s.best_step)
+                self.stop_reason = "early_stop"
+                break
+        if self.progress is not None:
+            self.progress.close()
+        val_loss = await self.evaluate_and_track()
+        path = self.checkpoint(best=s.best_step == s.step)
+        elapsed = time.perf_counter() - started
+        summary = {"step": s.step, "loss": last.loss if last else math.nan, "val_loss": val_loss,
+                   "val_perplexity": math.exp(min(val_loss, 700.0)), "best_val_loss": s.best_val,
+                   "seconds": elapsed, "tokens_per_s": tokens_seen / elapsed if elapsed else 0.0,
+                   "checkpoint": str(path), "stopped": self.stop_reason}
+        log.info("train_finished", step=s.step, loss=round(summary["loss"], 6), val_loss=round(val_loss, 6),
+                 val_perplexity=round(summary["val_perplexity"], 4), best_val_loss=round(s.best_val, 6),
+                 seconds=round(elapsed, 2), tokens_per_s=round(summary["tokens_per_s"], 1), stopped=self.stop_reason)
+        return summary
+
+    async def train_step(self, step: int, lr: float):
+        c = self.config
+        x, y = self.dataset.train_batch(step - 1, c.batch_size * c.grad_accum, c.seq_len, c.seed)
+        micro = [(x[i:i + c.batch_size], y[i:i + c.batch_size]) for i in range(0, len(x), c.batch_size)]
         try:
-            summary = await loop_steps(node, config, dataset, val_batches, progress)
-        finally:
-            await node.close()
-    path = save_checkpoint(run_dir, config.steps, model, params, dataset.tokenizer,
-                           {"step": np.int64(config.steps)})
-    log.info("checkpoint_saved", path=str(path), step=config.steps)
-    summary["checkpoint"] = str(path)
-    return summary
+            return await self.node.step(step, micro, lr, c.clip_norm)
+        except StepFailed as error:
+            self.hooks.fire(Hook.ERROR, step=step, error=str(error))
+            raise RunFailed(f"step {step} failed: {error}") from None
 
-
-async def loop_steps(node: NodeZero, config: TrainConfig, dataset, val_batches: list, progress) -> dict:
-    started = time.perf_counter()
-    tokens_seen = 0
-    result = None
-    for step in range(1, config.steps + 1):
-        x, y = dataset.train_batch(step - 1, config.batch_size, config.seq_len, config.seed)
-        result = await node.step(step, [(x, y)], config.learning_rate, config.clip_norm)
-        tokens_seen += result.tokens
+    def after_step(self, result, lr: float) -> None:
+        c, s = self.config, self.state
         tokens_per_s = result.tokens / result.seconds
-        if progress is not None:
-            progress.update(step, result.loss, tokens_per_s)
-        if step == 1 or step % config.log_interval == 0 or step == config.steps:
-            log.info("step", step=step, loss=round(result.loss, 6), lr=config.learning_rate,
-                     grad_norm=round(result.grad_norm, 6), tokens_per_s=round(tokens_per_s, 1),
-                     step_s=round(result.seconds, 4))
-        if config.eval_interval and step % config.eval_interval == 0 and step != config.steps:
-            val_loss = await node.evaluate(val_batches)
-            log.info("eval", step=step, val_loss=round(val_loss, 6))
-    if progress is not None:
-        progress.close()
-    val_loss = await node.evaluate(val_batches)
-    elapsed = time.perf_counter() - started
-    log.info("train_finished", step=config.steps, loss=round(result.loss, 6), val_loss=round(val_loss, 6),
-             seconds=round(elapsed, 2), tokens_per_s=round(tokens_seen / elapsed, 1))
-    return {"loss": result.loss, "val_loss": val_loss, "seconds": elapsed, "tokens_per_s": tokens_seen / elapsed}
+        self.hooks.fire(Hook.GRADIENT_SYNC, step=result.step, loss=result.loss, grad_norm=result.grad_norm,
+                        tokens=result.tokens)
+        if result.applied:
+            s.bad_in_row = 0
+            self.hooks.fire(Hook.WEIGHT_UPDATE, step=result.step, lr=lr)
+        else:
+            s.bad_in_row += 1
+            log.warning("step_skipped", step=result.step, loss=result.loss, grad_norm=result.grad_norm,
+                        in_a_row=s.bad_in_row)
+            self.hooks.fire(Hook.ERROR, step=result.step, error="non-finite loss or gradient")
+            if s.bad_in_row >= c.max_bad_steps:
+                raise RunFailed(f"the loss or gradient was not finite for {s.bad_in_row} steps in a row (last at step "
+                                f"{result.step}); the weights were kept unchanged: lower --learning-rate or "
+                                "resume from the last checkpoint")
+        self.hooks.fire(Hook.BATCH_END, step=result.step, loss=result.loss, grad_norm=result.grad_norm,
+                        tokens=result.tokens, seconds=result.seconds, applied=result.applied)
+        if self.progress is not None:
+            self.progress.update(result.step, result.loss, tokens_per_s)
+        if c.log_interval and (result.step == 1 or result.step % c.log_interval == 0 or result.step == c.steps):
+            log.info("step", step=result.step, loss=round(result.loss, 6), lr=lr, grad_norm=round(result.grad_norm, 6),
+                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4))
+
+    async def evaluate_and_track(self) -> float:
+        """Validation loss on the fixed batches; updates best-so-far and the patience counter."""
+        s = self.state
+        val_loss = await self.node.evaluate(self.val_batches)
+        if val_loss < s.best_val:
+            s.best_val, s.best_step, s.evals_since_best = val_loss, s.step, 0
+        else:
+            s.evals_since_best += 1
+        log.info("eval", step=s.step, val_loss=round(val_loss, 6), val_perplexity=round(math.exp(min(val_loss, 700)), 4),
+                 best_val_loss=round(s.best_val, 6))
+        return val_loss
+
+    def stop_requested(self) -> bool:
+        for message in self.node.take_requests():
+            if message.type is M.SHUTDOWN_REQUEST:
+                log.info("shutdown_requested", step=self.state.step, reason=message.payload.reason)
+                self.stop_reason = self.stop_reason or message.payload.reason
+                return True
+        return False
+
+    def checkpoint(self, best: bool) -> Path:
+        s = self.state
+        training_state = {"optimizer_state": self.optimizer.state, "optimizer_step": np.int64(self.optimizer.step),
+                          "run_state": np.array([s.step, s.best_val, s.best_step, s.evals_since_best, s.bad_in_row],
+                                                dtype=np.float64)}
+        path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer, training_state)
+        if best:
+            mark_best(self.run_dir, path, s.best_val)
+        removed = prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        log.info("checkpoint_saved", path=str(path), step=s.step, best=best, removed=[p.name for p in removed])
+        self.hooks.fire(Hook.CHECKPOINT, step=s.step, path=str(path), best=best)
+        return path
+
+
+def restore_state(training_state: dict, layout: ParamLayout, config: OptimizerConfig, where: Path) -> tuple:
+    """(Optimizer, RunState) from a checkpoint's training state; refuses one that does not fit."""
+    optimizer = Optimizer(layout, config)
+    saved = training_state.get("optimizer_state")
+    if saved is None or saved.shape != optimizer.state.shape or saved.dtype != np.float32:
+        raise UserError(f"{where}: the optimizer state does not fit a {config.kind} optimizer for this model; "
+                        "resume with the optimizer the run was started with")
+    optimizer.state[...] = saved
+    optimizer.step = int(training_state["optimizer_step"])
+    step, best_val, best_step, evals_since_best, bad_in_row = training_state["run_state"]
+    return optimizer, RunState(int(step), float(best_val), int(best_step), int(evals_since_best), int(bad_in_row))
+
