@@ -143,9 +143,15 @@ def load_training_state(path: Path) -> dict:
         raise UserError(f"{file} is missing; this checkpoint holds weights only and cannot be resumed") from None
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
-    missing = {"optimizer_state", "optimizer_step", "run_state"} - set(state)
+    missing = {"optimizer_state", "optimizer_step", "run_state", "settings"} - set(state)
     if missing:
         raise UserError(f"{file} lacks {', '.join(sorted(missing))}; the checkpoint is damaged")
+    try:
+        state["settings"] = json.loads(str(state["settings"]))
+        if not isinstance(state["settings"], dict):
+            raise ValueError("not an object")
+    except ValueError as error:
+        raise UserError(f"{file}: its run settings cannot be read ({error}); the checkpoint is damaged") from None
     return state
 
 

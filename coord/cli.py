@@ -51,8 +51,8 @@ def add_logging(p) -> None:
 
 
 def add_data(p) -> None:
-    p.add_argument("--include", action="append", default=[], help="glob of files to read in a directory (repeatable)")
-    p.add_argument("--exclude", action="append", default=[], help="glob of files to skip in a directory (repeatable)")
+    p.add_argument("--include", action="append", help="glob of files to read in a directory (repeatable)")
+    p.add_argument("--exclude", action="append", help="glob of files to skip in a directory (repeatable)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where tokenized corpora are cached")
 
 
@@ -70,7 +70,7 @@ def add_train(commands) -> None:
     p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per micro-step")
     p.add_argument("--grad-accum", type=positive_int, default=1, help="micro-steps per optimizer step")
     length = p.add_mutually_exclusive_group()
-    length.add_argument("--steps", type=positive_int, help="optimizer steps (default 1000)")
+    length.add_argument("--steps", type=positive_int, default=1000, help="optimizer steps (default 1000)")
     length.add_argument("--epochs", type=positive_int, help="passes over the training split")
     p.add_argument("--threads", type=positive_int, default=usable_cores(),
                    help="worker threads (default: the cores this process may use)")
@@ -82,8 +82,8 @@ def add_train(commands) -> None:
     o.add_argument("--beta2", type=fraction, default=0.95)
     o.add_argument("--eps", type=positive_float, default=1e-8)
     o.add_argument("--weight-decay", type=fraction, default=0.0, help="decays linear-layer weights only")
-    o.add_argument("--decay-all", action="store_true", help="decay biases, LayerNorm and embeddings too")
-    o.add_argument("--nesterov", action="store_true", help="Nesterov momentum (sgd)")
+    o.add_argument("--decay-all", action="store_const", const=True, help="decay biases, LayerNorm and embeddings too")
+    o.add_argument("--nesterov", action="store_const", const=True, help="Nesterov momentum (sgd)")
     o.add_argument("--clip-norm", type=fraction, default=1.0, help="clip the gradient's global norm (0: off)")
     o.add_argument("--lr-schedule", choices=("constant", "linear", "cosine", "exponential", "cyclical"),
                    default="constant")
@@ -103,7 +103,28 @@ def add_train(commands) -> None:
     e.add_argument("--resume", type=Path, help="continue a run from its checkpoint directory")
     add_data(p)
     add_logging(p)
-    p.set_defaults(run=run_train)
+    # a resumed run takes these from its checkpoint unless they are given again
+    p.set_defaults(run=run_train, run_defaults={key: p.get_default(key) for key in RUN_SETTINGS},
+                   **{key: None for key in RUN_SETTINGS})
+
+
+RUN_SETTINGS = ("data", "include", "exclude", "batch_size", "grad_accum", "steps", "seed", "optimizer", "learning_rate",
+                "beta1", "beta2", "eps", "weight_decay", "decay_all", "nesterov", "clip_norm", "lr_schedule",
+                "warmup_steps", "decay_steps", "min_lr", "cycle_steps", "eval_interval", "eval_batches", "patience",
+                "max_bad_steps", "checkpoint_interval", "keep_checkpoints")
+
+
+def resolve_settings(args, saved: dict) -> dict:
+    """Fill the settings not given on the command line from ``saved`` (a resumed run's), else the defaults;
+    returns them as JSON-able values, as the checkpoint keeps them."""
+    for key in RUN_SETTINGS:
+        if getattr(args, key) is None:
+            value = saved.get(key, args.run_defaults[key])
+            setattr(args, key, Path(value) if key == "data" and value is not None else value)
+    if args.decay_all is None:
+        args.decay_all = False
+    return {key: str(getattr(args, key).resolve()) if key == "data" and args.data is not None else getattr(args, key)
+            for key in RUN_SETTINGS}
 
 
 def model_config(args, vocab_size: int, resumed):
@@ -138,22 +159,27 @@ def run_train(args) -> int:
     from .schedule import Schedule
     from .train import RunState, TrainConfig, Trainer, check_memory, restore_state, run_event_loop
 
+    resumed, saved = None, {}
+    if args.resume is not None:
+        resumed = load_checkpoint(args.resume)
+        training_state = load_training_state(resumed[3])
+        saved = training_state["settings"]
+    explicit_steps = args.steps is not None
+    settings = resolve_settings(args, saved)
     if args.data is not None and not args.data.exists():
         raise UserError(f"{args.data} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
     if args.lr_schedule == "exponential" and args.min_lr <= 0:
         raise UserError("--lr-schedule exponential needs a positive --min-lr to decay to")
-    resumed = None
-    if args.resume is not None:
-        resumed = load_checkpoint(args.resume)
-        training_state = load_training_state(resumed[3])
     as_json = configure(args.log_format, args.log_level)
-    dataset = prepare_dataset(args.data, args.tokenizer, args.vocab_size, args.cache_dir, include=tuple(args.include),
-                              exclude=tuple(args.exclude), tokenizer=resumed[2] if resumed else None)
+    dataset = prepare_dataset(args.data, args.tokenizer, args.vocab_size, args.cache_dir,
+                              include=tuple(args.include or ()), exclude=tuple(args.exclude or ()),
+                              tokenizer=resumed[2] if resumed else None)
     model = model_config(args, dataset.tokenizer.vocab_size, resumed[0] if resumed else None)
     dataset.validate_seq_len(model.block_size)
-    steps = args.steps or 1000
-    if args.epochs:
+    steps = args.steps
+    if args.epochs and not explicit_steps:
         steps = args.epochs * dataset.steps_per_epoch(args.batch_size * args.grad_accum, model.block_size)
+        settings["steps"] = steps
     check_memory(model, args.batch_size, model.block_size, args.threads)
     opt_config = OptimizerConfig(kind=args.optimizer, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
                                  weight_decay=args.weight_decay, decay_all=args.decay_all, nesterov=args.nesterov)
@@ -179,7 +205,7 @@ def run_train(args) -> int:
         run_dir = args.checkpoint_dir or Path("runs/cllm")
     assert params.dtype == np.float32
     progress = ProgressBar(steps) if not as_json and sys.stderr.isatty() else None
-    trainer = Trainer(model, config, dataset, run_dir, params, optimizer, state, progress=progress)
+    trainer = Trainer(model, config, dataset, run_dir, params, optimizer, state, settings, progress=progress)
     run_event_loop(trainer.run())
     return 0
 
@@ -242,7 +268,7 @@ def run_eval(args) -> int:
     cfg, params, tokenizer, path = load_checkpoint(args.checkpoint)
     configure("json", "warning", stream=sys.stderr)
     dataset = prepare_dataset(args.data, tokenizer.kind, tokenizer.vocab_size, args.cache_dir,
-                              include=tuple(args.include), exclude=tuple(args.exclude),
+                              include=tuple(args.include or ()), exclude=tuple(args.exclude or ()),
                               val_fraction=0.1 if args.split == "val" else 0.0, tokenizer=tokenizer)
     loss, tokens = evaluate_checkpoint(cfg, params, dataset, args.batch_size, args.max_batches, args.split)
     print(json.dumps({"checkpoint": str(path), "data": str(args.data), "tokens": tokens, "loss": round(loss, 6),

@@ -6,6 +6,7 @@ optimizer moments, best-so-far and patience counters), and batches are a pure fu
 """
 
 import asyncio
+import json
 import math
 import os
 import signal
@@ -100,8 +101,10 @@ class Trainer:
     """One run: the model's parameters and optimizer, Node Zero, the data and the run directory."""
 
     def __init__(self, model: GPTConfig, config: TrainConfig, dataset, run_dir: Path, params: np.ndarray,
-                 optimizer: Optimizer, state: RunState, hooks: Hooks | None = None, progress=None):
+                 optimizer: Optimizer, state: RunState, settings: dict | None = None, hooks: Hooks | None = None,
+                 progress=None):
         self.model, self.config, self.dataset, self.run_dir = model, config, dataset, Path(run_dir)
+        self.settings = settings or {}  # the command line's run settings, kept for --resume
         self.params, self.optimizer, self.state = params, optimizer, state
         self.hooks = hooks or Hooks()
         self.progress = progress
@@ -255,7 +258,8 @@ class Trainer:
         s = self.state
         training_state = {"optimizer_state": self.optimizer.state, "optimizer_step": np.int64(self.optimizer.step),
                           "run_state": np.array([s.step, s.best_val, s.best_step, s.evals_since_best, s.bad_in_row],
-                                                dtype=np.float64)}
+                                                dtype=np.float64),
+                          "settings": np.array(json.dumps(self.settings))}
         path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer, training_state)
         if best:
             mark_best(self.run_dir, path, s.best_val)
