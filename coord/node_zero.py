@@ -34,6 +34,9 @@ log = structlog.get_logger("cllm.node_zero")
 ROOT = 0
 CONTROL = {M.SHUTDOWN_REQUEST, M.STATS_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE}
 GRADIENTS = {M.GRADIENT_READY, M.GRADIENT_ACCUMULATE}
+EVAL_REPLIES = {M.WORK_ACCEPT, M.WORK_REJECT, M.BATCH_COMPLETE}
+NOTICES = {M.EPOCH_START, M.EPOCH_COMPLETE, M.BOUNDARY_CROSSING, M.BOUNDARY_REGION_ENTER, M.BOUNDARY_REGION_EXIT,
+           M.TWIN_PRIME_HIT}
 
 
 class StepFailed(RuntimeError):
@@ -122,6 +125,7 @@ class NodeZero:
                 self.tasks[sphere.id] = asyncio.create_task(self.run_sphere(sphere), name=f"sphere-{sphere.id}")
         for child in self.tree.children:
             self.send(M.PARENT_SYNC, child, pl.ParentSync(step=self.optimizer.step, parent=ROOT))
+        self.introduce(self.tree)
         # every worker asks for the weights and then for work; wait until all have
         await self.collect(lambda m: m.type is M.WORK_REQUEST, n_workers, "workers to come up")
 
@@ -296,7 +300,9 @@ class NodeZero:
         self.batch = (tokens, targets, dloss)
         active = set()
         for leaf, a, b in self.micro_batches(len(tokens)):
-            if b > a:
+            if b == a:  # more workers than rows: this one sits the step out
+                leaf.machine.to(SphereState.IDLE)
+            else:
                 child = self.route(self.tree, leaf.worker_index)
                 active.add(child.id)
                 self.send(M.BATCH_START, child, pl.BatchStart(step=step, micro_batch=leaf.worker_index, row_start=a,
@@ -345,17 +351,45 @@ class NodeZero:
     # ----- evaluation -----
 
     async def evaluate(self, batches: list) -> float:
-        """Mean cross-entropy over ``batches`` of (tokens, targets), rows split across the workers."""
+        """Mean cross-entropy over ``batches`` of (tokens, targets), forward only.
+
+        Each batch's rows are offered to the workers (WORK_OFFER); a worker accepts and answers
+        BATCH_COMPLETE with the summed loss, or rejects when it is not ready and the rows go to
+        the next worker.
+        """
+        self.notify(M.BOUNDARY_REGION_ENTER, pl.Region(step=self.optimizer.step, position=0, kind="validation"))
         total, count = 0.0, 0
-        loop = asyncio.get_running_loop()
-        for tokens, targets in batches:
-            parts = [loop.run_in_executor(self.pool, self.kernels[leaf.worker_index].evaluate, self.weights,
-                                          tokens[a:b], targets[a:b])
-                     for leaf, a, b in self.micro_batches(len(tokens)) if b > a]
-            results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
-            total += sum(loss for loss, _ in results)
-            count += tokens.size
+        leaves = self.tree.leaves()
+        for index, (tokens, targets) in enumerate(batches):
+            self.batch = (tokens, targets, 0.0)
+            offers = {leaf.worker_index: (leaf, a, b) for leaf, a, b in self.micro_batches(len(tokens)) if b > a}
+            for leaf, a, b in offers.values():
+                self.send(M.WORK_OFFER, leaf, pl.WorkOffer(step=index, micro_batch=leaf.worker_index, row_start=a,
+                                                           row_stop=b))
+            done = 0
+            while done < len(offers):
+                reply = (await self.collect(lambda m: m.type in EVAL_REPLIES and m.payload.step == index, 1,
+                                            "validation rows"))[0]
+                p = reply.payload
+                if reply.type is M.WORK_ACCEPT:
+                    continue
+                if reply.type is M.WORK_REJECT:  # hand the rows to the next worker
+                    _, a, b = offers[p.micro_batch]
+                    other = leaves[(p.micro_batch + 1) % len(leaves)]
+                    offers[p.micro_batch] = (other, a, b)
+                    self.send(M.WORK_OFFER, other, pl.WorkOffer(step=index, micro_batch=p.micro_batch, row_start=a,
+                                                                row_stop=b))
+                    continue
+                total += p.loss_sum
+                count += p.tokens
+                done += 1
+        self.notify(M.BOUNDARY_REGION_EXIT, pl.Region(step=self.optimizer.step, position=0, kind="validation"))
         return total / count
+
+    def notify(self, kind: M, payload) -> None:
+        """A notice about the token stream (epochs, boundaries, interval steps) for every sphere."""
+        for child in self.tree.children:
+            self.send(kind, child, payload)
 
     # ----- statistics -----
 
@@ -395,8 +429,19 @@ class NodeZero:
                 sphere.machine.to(SphereState.READY)
                 for child in sphere.children:
                     self.send(M.PARENT_SYNC, child, pl.ParentSync(step=p.step, parent=sphere.id), sphere.id)
+                self.introduce(sphere)
                 if sphere.is_worker:
                     self.post_root(M.WEIGHTS_REQUEST, pl.WeightsRequest(step=p.step), sphere.id)
+            elif kind is M.SIBLING_DISCOVER:
+                sphere.group, sphere.siblings = p.group, list(p.siblings)
+            elif kind in NOTICES:
+                sphere.notices[kind] += 1
+                if kind is M.EPOCH_START:
+                    sphere.epoch = p.epoch
+                for child in sphere.children:
+                    self.send(kind, child, p, sphere.id)
+            elif kind is M.WORK_OFFER:
+                await self.run_offer(sphere, message)
             elif kind is M.WEIGHTS_BROADCAST:
                 self.post_root(M.WORK_REQUEST, pl.WorkRequest(worker=sphere.worker_index,
                                                               capacity=self.n_workers), sphere.id)
@@ -422,7 +467,7 @@ class NodeZero:
                     self.send(M.WEIGHTS_UPDATED, child, p, sphere.id)
             elif kind is M.ERROR_RECOVERY:
                 pending.clear()
-                if sphere.state is not SphereState.READY:
+                if sphere.state not in (SphereState.READY, SphereState.WAITING):  # WAITING: the weights are already updated
                     sphere.machine.to(SphereState.READY)
                 await self.relay_up(sphere, message, M.ERROR_RECOVERY)
             elif kind is M.STATS_REQUEST:
@@ -459,6 +504,38 @@ class NodeZero:
                 answers += 1
         sphere.inbox.drop(GRADIENTS)
         self.reply_up(sphere, kind, message.payload)
+
+    def introduce(self, sphere: Sphere) -> None:
+        """SIBLING_DISCOVER: tell each child its symmetry group and the spheres beside it."""
+        ids = [child.id for child in sphere.children]
+        for child in sphere.children:
+            self.send(M.SIBLING_DISCOVER, child, pl.SiblingDiscover(group=sphere.id, siblings=ids), sphere.id)
+
+    async def run_offer(self, sphere: Sphere, message: Message) -> None:
+        """WORK_OFFER to a worker: forward-only rows, answered by BATCH_COMPLETE (or WORK_REJECT)."""
+        p = message.payload
+        if sphere.state not in (SphereState.READY, SphereState.WAITING):  # WAITING: the weights are already updated
+            self.post_root(M.WORK_REJECT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch,
+                                                       reason=f"sphere is {sphere.state.name}"), sphere.id)
+            return
+        self.post_root(M.WORK_ACCEPT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch, reason=""), sphere.id)
+        sphere.machine.to(SphereState.PROCESSING)
+        tokens, targets, _ = self.batch
+        loop = asyncio.get_running_loop()
+        try:
+            loss_sum, busy = await asyncio.wait_for(loop.run_in_executor(
+                self.pool, self.kernels[sphere.worker_index].evaluate, self.weights, tokens[p.row_start:p.row_stop],
+                targets[p.row_start:p.row_stop]), self.step_timeout)
+        except Exception as error:
+            sphere.machine.to(SphereState.READY)
+            self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=self.optimizer.step, sphere=sphere.id,
+                                                          error_type=type(error).__name__,
+                                                          message=str(error) or repr(error)), sphere.id)
+            return
+        sphere.machine.to(SphereState.READY)
+        self.post_root(M.BATCH_COMPLETE, pl.BatchComplete(step=p.step, micro_batch=p.micro_batch,
+                                                          tokens=(p.row_stop - p.row_start) * tokens.shape[1],
+                                                          loss_sum=loss_sum, busy_s=busy), sphere.id)
 
     def reply_up(self, sphere: Sphere, kind: M, payload) -> None:
         parent = sphere.parent

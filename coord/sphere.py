@@ -6,6 +6,7 @@ configuration), and another for every further factor of 12.
 """
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass, field
 
 from cllm.protocol.mailbox import Mailbox
@@ -75,6 +76,10 @@ class Sphere:
     def __post_init__(self):
         self.machine = StateMachine(SphereState.INITIALIZING, SPHERE_TRANSITIONS, f"sphere {self.id}")
         self.inbox = Inbox()
+        self.group = -1  # the parent's id, from SIBLING_DISCOVER
+        self.siblings = []
+        self.epoch = 0  # from EPOCH_START
+        self.notices = Counter()  # boundary and epoch notices seen, by message type
 
     @property
     def state(self) -> SphereState:

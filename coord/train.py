@@ -159,9 +159,17 @@ class Trainer:
         while s.step < c.steps:
             step = s.step + 1
             epoch = (step - 1) // per_epoch
+            position = (step - 1) * c.batch_size * c.grad_accum * c.seq_len  # token offset into the epochs
             if (step - 1) % per_epoch == 0:
+                if epoch > 0:
+                    self.node.notify(M.BOUNDARY_CROSSING, pl.BoundaryCrossing(step=step, position=position,
+                                                                              kind="epoch"))
+                self.node.notify(M.EPOCH_START, pl.EpochMark(epoch=epoch, step=step))
                 self.hooks.fire(Hook.EPOCH_START, epoch=epoch, step=step)
                 log.info("epoch_start", epoch=epoch, step=step)
+            last_of_epoch = step % per_epoch == 0
+            if last_of_epoch:
+                self.node.notify(M.BOUNDARY_REGION_ENTER, pl.Region(step=step, position=position, kind="epoch_end"))
             lr = learning_rate(c.schedule, step)
             self.hooks.fire(Hook.BATCH_START, step=step, epoch=epoch, lr=lr)
             result = await self.train_step(step, lr)
@@ -169,16 +177,20 @@ class Trainer:
             tokens_seen += result.tokens
             last = result
             self.after_step(result, lr)
-            if step % per_epoch == 0:
+            if last_of_epoch:
+                self.node.notify(M.BOUNDARY_REGION_EXIT, pl.Region(step=step, position=position, kind="epoch_end"))
+                self.node.notify(M.EPOCH_COMPLETE, pl.EpochMark(epoch=epoch, step=step))
                 self.hooks.fire(Hook.EPOCH_END, epoch=epoch, step=step)
                 log.info("epoch_end", epoch=epoch, step=step)
-            evaluated = False
+            for interval, kind in ((c.eval_interval, "eval"), (c.checkpoint_interval, "checkpoint")):
+                if interval and step % interval == 0:
+                    self.node.notify(M.TWIN_PRIME_HIT, pl.IntervalHit(step=step, kind=kind))
+            improved = False
             if c.eval_interval and step % c.eval_interval == 0 and step < c.steps:
-                evaluated = await self.evaluate_and_track()
-            if c.checkpoint_interval and step % c.checkpoint_interval == 0 and step < c.steps:
-                self.checkpoint(best=evaluated)
-            elif evaluated and s.best_step == step:
-                self.checkpoint(best=True)
+                await self.evaluate_and_track()
+                improved = s.best_step == step
+            if improved or (c.checkpoint_interval and step % c.checkpoint_interval == 0 and step < c.steps):
+                self.checkpoint(best=improved)
             if self.stop_requested():
                 break
             if c.patience and s.evals_since_best >= c.patience:

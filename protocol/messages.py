@@ -72,9 +72,9 @@ class MessageType(Enum):
         return member
 
     WORK_REQUEST = C.WORK, P.HIGH, p.WorkRequest, "an idle worker asks its parent for micro-batches"
-    WORK_OFFER = C.WORK, P.HIGH, p.WorkOffer, "a parent offers a worker a micro-batch of this step"
-    WORK_ACCEPT = C.WORK, P.HIGH, p.WorkReply, "the worker takes the offered micro-batch"
-    WORK_REJECT = C.WORK, P.HIGH, p.WorkReply, "the worker declines the offer; the parent re-offers it"
+    WORK_OFFER = C.WORK, P.HIGH, p.WorkOffer, "Node Zero offers a worker forward-only rows (validation)"
+    WORK_ACCEPT = C.WORK, P.HIGH, p.WorkReply, "the worker takes the offered rows"
+    WORK_REJECT = C.WORK, P.HIGH, p.WorkReply, "the worker declines (not ready); Node Zero offers the rows to another"
 
     GRADIENT_READY = C.GRADIENT, P.NORMAL, p.GradientReady, (
         "a worker has written its micro-batch gradient into its grad_segment")
@@ -102,7 +102,7 @@ class MessageType(Enum):
     EPOCH_COMPLETE = C.COORDINATION, P.NORMAL, p.EpochMark, "the last step of an epoch is applied"
     BATCH_START = C.COORDINATION, P.NORMAL, p.BatchStart, (
         "a worker is to run forward and backward on rows of the step")
-    BATCH_COMPLETE = C.COORDINATION, P.NORMAL, p.BatchComplete, "a worker has finished its micro-batch"
+    BATCH_COMPLETE = C.COORDINATION, P.NORMAL, p.BatchComplete, "a worker has finished offered rows: their summed loss"
 
     CHILD_SPAWN = C.HIERARCHY, P.HIGH, p.ChildCount, (
         "grow the tree to count workers (`cllm ctl workers N` with N above the current count)")

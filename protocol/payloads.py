@@ -34,9 +34,12 @@ class WorkRequest:
 
 @dataclass(frozen=True, slots=True)
 class WorkOffer:
+    """Forward-only work (a validation pass): rows [row_start, row_stop) of batch ``micro_batch``."""
+
     step: int
     micro_batch: int
-    rows: int
+    row_start: int
+    row_stop: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,8 +147,12 @@ class BatchStart:
 
 @dataclass(frozen=True, slots=True)
 class BatchComplete:
+    """Forward-only work done: the summed loss over ``tokens`` target tokens."""
+
     step: int
     micro_batch: int
+    tokens: int
+    loss_sum: float
     busy_s: float
 
 

@@ -8,7 +8,7 @@ WEIGHTS = p.BufferRef("params", offset=0, length=124_439_808, dtype="float64")
 
 PAYLOADS = {
     p.WorkRequest: p.WorkRequest(worker=5, capacity=2),
-    p.WorkOffer: p.WorkOffer(step=12, micro_batch=3, rows=4),
+    p.WorkOffer: p.WorkOffer(step=12, micro_batch=3, row_start=4, row_stop=8),
     p.WorkReply: p.WorkReply(step=12, micro_batch=3, reason="busy with step 11"),
     p.GradientReady: p.GradientReady(step=12, micro_batch=3, tokens=4096, loss_sum=13_245.5, busy_s=0.75,
                                      grad_segment=GRADS),
@@ -23,7 +23,7 @@ PAYLOADS = {
     p.Region: p.Region(step=12, position=9_000_000, kind="validation"),
     p.EpochMark: p.EpochMark(epoch=1, step=2_000),
     p.BatchStart: p.BatchStart(step=12, micro_batch=3, row_start=12, row_stop=16, grad_segment=GRADS),
-    p.BatchComplete: p.BatchComplete(step=12, micro_batch=3, busy_s=0.75),
+    p.BatchComplete: p.BatchComplete(step=12, micro_batch=3, tokens=512, loss_sum=1.5, busy_s=0.75),
     p.ChildCount: p.ChildCount(count=8),
     p.ParentSync: p.ParentSync(step=12, parent=1),
     p.SiblingDiscover: p.SiblingDiscover(group=1, siblings=[2, 3, 4]),
