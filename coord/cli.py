@@ -12,7 +12,6 @@ from .errors import RunFailed, UserError
 from .logs import configure
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cllm"
-MODEL_DEFAULTS = {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
 
 
 class Parser(argparse.ArgumentParser):
@@ -58,6 +57,7 @@ def add_data(p) -> None:
 
 def add_train(commands) -> None:
     from .node_zero import usable_cores
+    from .run import MODEL_DEFAULTS
 
     p = commands.add_parser("train", help="train a model on a text corpus")
     p.add_argument("data", nargs="?", type=Path,
@@ -123,89 +123,28 @@ def resolve_settings(args, saved: dict) -> dict:
             setattr(args, key, Path(value) if key == "data" and value is not None else value)
     if args.decay_all is None:
         args.decay_all = False
-    return {key: str(getattr(args, key).resolve()) if key == "data" and args.data is not None else getattr(args, key)
-            for key in RUN_SETTINGS}
-
-
-def model_config(args, vocab_size: int, resumed):
-    from cllm.kernels.model import GPTConfig
-
-    if resumed is not None:
-        cfg = resumed
-        given = {"embed_dim": cfg.n_embd, "num_layers": cfg.n_layer, "num_heads": cfg.n_head, "seq_len": cfg.block_size}
-        for name, value in given.items():
-            asked = getattr(args, name)
-            if asked is not None and asked != value:
-                raise UserError(f"--{name.replace('_', '-')} {asked} differs from the resumed model's {value}; "
-                                "leave it out when resuming")
-        return cfg
-    sizes = {name: getattr(args, name) or default for name, default in MODEL_DEFAULTS.items()}
-    if sizes["embed_dim"] % sizes["num_heads"]:
-        raise UserError(f"--embed-dim {sizes['embed_dim']} is not divisible by --num-heads {sizes['num_heads']}; "
-                        "choose sizes where it is (e.g. --embed-dim 128 --num-heads 4)")
-    return GPTConfig(vocab_size=vocab_size, block_size=sizes["seq_len"], n_layer=sizes["num_layers"],
-                     n_head=sizes["num_heads"], n_embd=sizes["embed_dim"])
+    return {key: getattr(args, key) for key in RUN_SETTINGS}
 
 
 def run_train(args) -> int:
-    import numpy as np
-
-    from cllm.kernels.model import ParamLayout, init_params
-
     from .checkpoint import load_checkpoint, load_training_state
-    from .dataset import prepare_dataset
-    from .optimizer import Optimizer, OptimizerConfig
     from .progress import ProgressBar
-    from .schedule import Schedule
-    from .train import RunState, TrainConfig, Trainer, check_memory, restore_state, run_event_loop
+    from .run import MODEL_DEFAULTS, RunRequest, open_run
+    from .train import run_event_loop
 
-    resumed, saved = None, {}
+    resumed = saved = None
     if args.resume is not None:
         resumed = load_checkpoint(args.resume)
-        training_state = load_training_state(resumed[3])
-        saved = training_state["settings"]
-    explicit_steps = args.steps is not None
-    settings = resolve_settings(args, saved)
-    if args.data is not None and not args.data.exists():
-        raise UserError(f"{args.data} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
-    if args.lr_schedule == "exponential" and args.min_lr <= 0:
-        raise UserError("--lr-schedule exponential needs a positive --min-lr to decay to")
+        saved = load_training_state(resumed[3])
+    epochs = args.epochs if args.steps is None else None
+    settings = resolve_settings(args, saved["settings"] if saved else {})
     as_json = configure(args.log_format, args.log_level)
-    dataset = prepare_dataset(args.data, args.tokenizer, args.vocab_size, args.cache_dir,
-                              include=tuple(args.include or ()), exclude=tuple(args.exclude or ()),
-                              tokenizer=resumed[2] if resumed else None)
-    model = model_config(args, dataset.tokenizer.vocab_size, resumed[0] if resumed else None)
-    dataset.validate_seq_len(model.block_size)
-    steps = args.steps
-    if args.epochs and not explicit_steps:
-        steps = args.epochs * dataset.steps_per_epoch(args.batch_size * args.grad_accum, model.block_size)
-        settings["steps"] = steps
-    check_memory(model, args.batch_size, model.block_size, args.threads)
-    opt_config = OptimizerConfig(kind=args.optimizer, beta1=args.beta1, beta2=args.beta2, eps=args.eps,
-                                 weight_decay=args.weight_decay, decay_all=args.decay_all, nesterov=args.nesterov)
-    schedule = Schedule(kind=args.lr_schedule, lr=args.learning_rate, warmup_steps=args.warmup_steps,
-                        decay_steps=args.decay_steps or steps, min_lr=args.min_lr, cycle_steps=args.cycle_steps)
-    config = TrainConfig(batch_size=args.batch_size, seq_len=model.block_size, steps=steps, threads=args.threads,
-                         seed=args.seed, optimizer=opt_config, schedule=schedule, grad_accum=args.grad_accum,
-                         clip_norm=args.clip_norm, eval_interval=args.eval_interval, eval_batches=args.eval_batches,
-                         patience=args.patience, max_bad_steps=args.max_bad_steps,
-                         checkpoint_interval=args.checkpoint_interval, keep_checkpoints=args.keep_checkpoints,
-                         log_interval=10 if as_json else 0)
-    layout = ParamLayout(model)
-    if resumed:
-        params = resumed[1]
-        optimizer, state = restore_state(training_state, layout, opt_config, resumed[3])
-        run_dir = args.checkpoint_dir or resumed[3].parent
-        structlog.get_logger("cllm").info("resumed", checkpoint=str(resumed[3]), step=state.step)
-        if state.step >= steps:
-            raise UserError(f"{resumed[3]} is at step {state.step}, already at --steps {steps}; ask for more steps")
-    else:
-        params = init_params(model, args.seed)
-        optimizer, state = Optimizer(layout, opt_config), RunState()
-        run_dir = args.checkpoint_dir or Path("runs/cllm")
-    assert params.dtype == np.float32
-    progress = ProgressBar(steps) if not as_json and sys.stderr.isatty() else None
-    trainer = Trainer(model, config, dataset, run_dir, params, optimizer, state, settings, progress=progress)
+    run_dir = args.checkpoint_dir or (resumed[3].parent if resumed else Path("runs/cllm"))
+    request = RunRequest(settings=settings, sizes={name: getattr(args, name) for name in MODEL_DEFAULTS},
+                         tokenizer=args.tokenizer, vocab_size=args.vocab_size, cache_dir=args.cache_dir,
+                         threads=args.threads, run_dir=run_dir, epochs=epochs)
+    progress = ProgressBar if not as_json and sys.stderr.isatty() else None
+    trainer = open_run(request, resumed, saved, log_interval=10 if as_json else 0, progress=progress)
     run_event_loop(trainer.run())
     return 0
 
