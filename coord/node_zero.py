@@ -32,7 +32,7 @@ from .worker import WorkerKernels
 log = structlog.get_logger("cllm.node_zero")
 
 ROOT = 0
-CONTROL = {M.SHUTDOWN_REQUEST, M.STATS_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE}
+CONTROL = {M.SHUTDOWN_REQUEST, M.STATS_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE, M.TWIN_PRIME_HIT}
 GRADIENTS = {M.GRADIENT_READY, M.GRADIENT_ACCUMULATE}
 EVAL_REPLIES = {M.WORK_ACCEPT, M.WORK_REJECT, M.BATCH_COMPLETE}
 NOTICES = {M.EPOCH_START, M.EPOCH_COMPLETE, M.BOUNDARY_CROSSING, M.BOUNDARY_REGION_ENTER, M.BOUNDARY_REGION_EXIT,
@@ -197,9 +197,12 @@ class NodeZero:
                 log.debug("message_dropped", type=message.type.name, sender=message.sender)
         return got
 
-    def request(self, kind: M, payload, sender: int = ROOT) -> None:
-        """A control request (stop, stats, resize) from the event loop's thread, handled at the next boundary."""
-        self.tree.inbox.put(make(kind, sender, ROOT, payload))
+    def request(self, kind: M, payload, priority=None, sender: int = ROOT) -> Message:
+        """A control request (stop, stats, resize, checkpoint) from the event loop's thread, taken at the
+        next step boundary."""
+        message = make(kind, sender, ROOT, payload, priority)
+        self.tree.inbox.put(message)
+        return message
 
     def take_requests(self) -> list:
         """Control requests waiting at the step boundary, highest priority first."""

@@ -1,5 +1,7 @@
 """The explicit state machines of spheres and of Node Zero."""
 
+import time
+
 from enum import Enum
 
 
@@ -57,6 +59,7 @@ class StateMachine:
         self.state = initial
         self.transitions = transitions
         self.owner = owner
+        self.since = time.monotonic()  # when the current state was entered
 
     def to(self, new: Enum) -> None:
         if new is self.state:
@@ -64,3 +67,4 @@ class StateMachine:
         if new not in self.transitions[self.state]:
             raise IllegalTransition(f"{self.owner}: {self.state.name} -> {new.name} is not a legal transition")
         self.state = new
+        self.since = time.monotonic()

@@ -26,6 +26,7 @@ from .checkpoint import mark_best, prune_checkpoints, save_checkpoint
 from .errors import RunFailed, UserError
 from .hooks import Hook, Hooks
 from .node_zero import NodeZero, StepFailed
+from .states import ControlState
 from .optimizer import Optimizer, OptimizerConfig
 from .schedule import Schedule, learning_rate
 
@@ -111,6 +112,11 @@ class Trainer:
         self.node = NodeZero(model, params, optimizer, config.threads)
         self.val_batches = dataset.val_batches(config.batch_size, config.seq_len, config.eval_batches)
         self.stop_reason = None
+        self.handle_signals = True  # `cllm train`; the daemon handles signals itself
+        self.waiting = {}  # control message id -> future answered at the step boundary
+        self.pause_wanted = None  # a future answered once the run has paused
+        self.resumed = asyncio.Event()
+        self.on_idle = None  # called about once a second while paused (the daemon's watchdog)
 
     async def run(self) -> dict:
         c = self.config
@@ -120,12 +126,17 @@ class Trainer:
                  optimizer=c.optimizer.kind, schedule=c.schedule.kind)
         with threadpool_limits(1, user_api="blas"):  # the pool is the parallelism; BLAS stays single-threaded
             await self.node.start()
-            self.watch_signals()
+            if self.handle_signals:
+                self.watch_signals()
             try:
                 summary = await self.loop()
             finally:
-                self.unwatch_signals()
+                if self.handle_signals:
+                    self.unwatch_signals()
                 await self.node.close()
+                for future in list(self.waiting.values()) + [self.pause_wanted]:
+                    if future is not None and not future.done():
+                        future.set_exception(RuntimeError("the run ended before the request was handled"))
         return summary
 
     def watch_signals(self) -> None:
@@ -149,8 +160,29 @@ class Trainer:
         if self.stop_reason is not None:
             log.warning("stop_now", signal=signal.Signals(sig).name)
             os._exit(128 + sig)  # checkpoints are written atomically: nothing is left half-done
-        self.stop_reason = signal.Signals(sig).name
-        self.node.request(M.SHUTDOWN_REQUEST, pl.ShutdownRequest(reason=self.stop_reason, after_step=True))
+        self.request_stop(signal.Signals(sig).name)
+
+    def request_stop(self, reason: str) -> None:
+        """Finish the step in flight, checkpoint, and end the run."""
+        self.stop_reason = self.stop_reason or reason
+        self.node.request(M.SHUTDOWN_REQUEST, pl.ShutdownRequest(reason=reason, after_step=True))
+        self.resumed.set()
+
+    def ask(self, kind: M, payload, priority=None) -> asyncio.Future:
+        """A control request answered at the next step boundary: stats, workers, checkpoint."""
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[self.node.request(kind, payload, priority).id] = future
+        return future
+
+    def pause(self) -> asyncio.Future:
+        """Pause at the next step boundary; the future is answered once paused."""
+        if self.pause_wanted is None or self.pause_wanted.done():
+            self.pause_wanted = asyncio.get_running_loop().create_future()
+            self.resumed.clear()
+        return self.pause_wanted
+
+    def resume(self) -> None:
+        self.resumed.set()
 
     async def loop(self) -> dict:
         c, s = self.config, self.state
@@ -191,7 +223,7 @@ class Trainer:
                 improved = s.best_step == step
             if improved or (c.checkpoint_interval and step % c.checkpoint_interval == 0 and step < c.steps):
                 self.checkpoint(best=improved)
-            if self.stop_requested():
+            if await self.boundary():
                 break
             if c.patience and s.evals_since_best >= c.patience:
                 log.info("early_stop", step=step, best_val_loss=s.best_val, best_step=s.best_step)
@@ -258,13 +290,60 @@ class Trainer:
                  best_val_loss=round(s.best_val, 6))
         return val_loss
 
-    def stop_requested(self) -> bool:
-        for message in self.node.take_requests():
-            if message.type is M.SHUTDOWN_REQUEST:
-                log.info("shutdown_requested", step=self.state.step, reason=message.payload.reason)
-                self.stop_reason = self.stop_reason or message.payload.reason
-                return True
+    async def boundary(self) -> bool:
+        """Between steps: answer control requests, pause if asked; True when the run should end."""
+        if await self.answer_requests():
+            return True
+        if self.pause_wanted is not None and not self.pause_wanted.done():
+            self.node.control.to(ControlState.PAUSED)
+            log.info("paused", step=self.state.step)
+            self.pause_wanted.set_result({"paused": True, "step": self.state.step})
+            while not self.resumed.is_set():
+                try:
+                    await asyncio.wait_for(self.resumed.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                if self.on_idle is not None:
+                    self.on_idle()
+                if await self.answer_requests():
+                    return True
+            self.node.control.to(ControlState.RUNNING)
+            log.info("resumed_training", step=self.state.step)
         return False
+
+    async def answer_requests(self) -> bool:
+        """Handle the control messages waiting at Node Zero, highest priority first."""
+        stop = False
+        for message in self.node.take_requests():
+            future = self.waiting.pop(message.id, None)
+            try:
+                result = await self.handle_request(message)
+            except Exception as error:  # an answer for the asker, never a crash of the run
+                if future is None:
+                    raise
+                future.set_exception(error)
+                continue
+            if result == "stop":
+                stop = True
+                result = {"stopping": True, "step": self.state.step}
+            if future is not None and not future.done():
+                future.set_result(result)
+        return stop
+
+    async def handle_request(self, message):
+        p = message.payload
+        if message.type is M.SHUTDOWN_REQUEST:
+            log.info("shutdown_requested", step=self.state.step, reason=p.reason)
+            self.stop_reason = self.stop_reason or p.reason
+            return "stop"
+        if message.type in (M.CHILD_SPAWN, M.CHILD_TERMINATE):
+            await self.node.resize(p.count)
+            return {"workers": self.node.n_workers}
+        if message.type is M.STATS_REQUEST:
+            return await self.node.stats()
+        if message.type is M.TWIN_PRIME_HIT:
+            return {"checkpoint": str(self.checkpoint(best=False)), "step": self.state.step}
+        raise ValueError(f"{message.type.name} is not a control request")
 
     def checkpoint(self, best: bool) -> Path:
         s = self.state
