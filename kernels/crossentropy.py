@@ -6,15 +6,22 @@ from .jit import kernel
 
 
 @kernel
+def row_max(row):
+    # the largest entry of row (V,), for a numerically safe softmax
+    mx = -np.inf
+    for j in range(row.shape[0]):
+        if row[j] > mx:
+            mx = row[j]
+    return mx
+
+
+@kernel
 def crossentropy_forward(logits, targets):
     # logits (N,V), targets (N,) -> sum over rows of -log softmax(logits)[target]
     N, V = logits.shape
     loss = 0.0
     for i in range(N):
-        mx = -np.inf
-        for j in range(V):
-            if logits[i, j] > mx:
-                mx = logits[i, j]
+        mx = row_max(logits[i])
         total = 0.0
         for j in range(V):
             total += np.exp(logits[i, j] - mx)
@@ -29,10 +36,7 @@ def crossentropy_forward_backward(logits, targets, dloss):
     N, V = logits.shape
     loss = 0.0
     for i in range(N):
-        mx = -np.inf
-        for j in range(V):
-            if logits[i, j] > mx:
-                mx = logits[i, j]
+        mx = row_max(logits[i])
         tgt = targets[i]
         target_logit = logits[i, tgt]
         total = 0.0
