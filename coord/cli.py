@@ -74,7 +74,7 @@ def add_train(commands) -> None:
     length.add_argument("--epochs", type=positive_int, help="passes over the training split")
     p.add_argument("--threads", type=positive_int, default=usable_cores(),
                    help="worker threads (default: the cores this process may use)")
-    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--seed", type=count, default=1337)
     o = p.add_argument_group("optimisation")
     o.add_argument("--optimizer", choices=("adamw", "adam", "sgd"), default="adamw")
     o.add_argument("--learning-rate", type=positive_float, default=1e-3)
@@ -157,7 +157,7 @@ def add_generate(commands) -> None:
     p.add_argument("--temperature", type=fraction, default=0.8, help="0: always the likeliest token")
     p.add_argument("--top-k", type=count, default=0, help="sample among the k likeliest (0: all)")
     p.add_argument("--top-p", type=number(float, 0), default=1.0, help="sample within this probability mass")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=count, default=0)
     p.set_defaults(run=run_generate)
 
 
@@ -215,12 +215,108 @@ def run_eval(args) -> int:
     return 0
 
 
+def add_serve(commands) -> None:
+    p = commands.add_parser("serve", help="run the training daemon (systemd service)")
+    p.add_argument("--config", type=Path, required=True, help="the TOML configuration (see deploy/cllm.toml)")
+    p.set_defaults(run=run_serve)
+
+
+def run_serve(args) -> int:
+    from .service import Service
+    from .train import run_event_loop
+
+    service = Service(args.config)  # refuses a bad configuration before anything starts
+    return run_event_loop(service.run())
+
+
+CTL_COMMANDS = ("status", "pause", "resume", "checkpoint", "stop", "workers", "stats", "jobs", "submit", "cancel")
+
+
+def add_ctl(commands) -> None:
+    p = commands.add_parser("ctl", help="steer a running daemon through its control socket")
+    p.add_argument("command", choices=CTL_COMMANDS)
+    p.add_argument("argument", nargs="?", help="workers: the count; submit: a job's TOML file; cancel: a job id")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, help="the daemon's control socket")
+    where.add_argument("--config", type=Path, help="the daemon's configuration, to find its socket")
+    p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds to wait for the answer")
+    p.set_defaults(run=run_ctl)
+
+
+def ctl_args(command: str, argument) -> dict:
+    import tomllib
+
+    needs = {"workers": "a worker count", "submit": "a job file", "cancel": "a job id"}
+    if command not in needs:
+        if argument is not None:
+            raise UserError(f"'{command}' takes no argument")
+        return {}
+    if argument is None:
+        raise UserError(f"'{command}' needs {needs[command]}")
+    if command == "workers":
+        if not argument.isdigit() or int(argument) <= 0:
+            raise UserError(f"the worker count must be a positive whole number, got {argument!r}")
+        return {"count": int(argument)}
+    if command == "cancel":
+        return {"id": argument}
+    try:
+        return {"job": tomllib.loads(Path(argument).read_text())}
+    except OSError as error:
+        raise UserError(f"cannot read {argument}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{argument} is not valid TOML: {error}") from None
+
+
+def run_ctl(args) -> int:
+    import json
+    import socket
+
+    from cllm.protocol.control import ControlRequest, decode_reply, encode_request
+    from cllm.protocol.wire import WireError
+
+    request = ControlRequest(id=os.getpid(), command=args.command, args=ctl_args(args.command, args.argument))
+    if args.socket is not None:
+        path = args.socket
+    else:
+        from .service_config import load_config
+        path = load_config(args.config).service.socket if args.config else load_config_default_socket()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(args.timeout)
+        try:
+            sock.connect(str(path))
+            sock.sendall(encode_request(request))
+            reply = sock.makefile("rb").readline()
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise UserError(f"no daemon answers at {path}; is 'cllm serve' running?") from None
+        except TimeoutError:
+            raise UserError(f"no answer from {path} within {args.timeout:g}s") from None
+        except OSError as error:
+            raise UserError(f"cannot talk to {path}: {error.strerror or error}") from None
+    body = decode_reply(reply)
+    if isinstance(body, WireError) or not reply:
+        raise UserError(f"the daemon at {path} sent no valid reply")
+    if not body["ok"]:
+        print(f"cllm ctl: {args.command} refused: {body['error']['detail']}", file=sys.stderr)
+        return 1
+    print(json.dumps(body["result"], indent=2))
+    return 0
+
+
+def load_config_default_socket() -> Path:
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / "control.sock"
+    raise UserError("give --socket or --config to find the daemon's control socket")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cllm", description="Train GPT-style language models on CPUs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     add_train(commands)
     add_generate(commands)
     add_eval(commands)
+    add_serve(commands)
+    add_ctl(commands)
     return parser
 
 

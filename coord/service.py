@@ -1,0 +1,273 @@
+"""`cllm serve`: the training daemon.
+
+One event loop holds Node Zero, the control socket, signals and systemd's notifications.
+The daemon runs the jobs of its queue one after another (the configuration's own run is
+the job ``main``), each in ``<state_dir>/jobs/<id>/``, resuming from its latest checkpoint
+after a restart. SIGTERM or SIGINT finishes the step in flight, writes a checkpoint and
+exits 0; a second one exits at once. SIGHUP re-reads the configuration and applies what
+can change while running (log level, evaluation and checkpoint intervals).
+"""
+
+import asyncio
+import dataclasses
+import os
+import signal
+import time
+from pathlib import Path
+
+import structlog
+
+from cllm.protocol import payloads as pl
+from cllm.protocol.messages import MessageType as M, Priority
+
+from .checkpoint import list_checkpoints, load_checkpoint, load_training_state
+from .control import ControlServer
+from .errors import RunFailed, UserError
+from .health import HealthMonitor
+from .hooks import Hook
+from .jobs import JobStore
+from .logs import configure
+from .node_zero import usable_cores
+from .notify import Notifier, WatchdogGate
+from .run import RunRequest, open_run
+from .service_config import load_config, merge_job, reload_changes, training_settings
+
+log = structlog.get_logger("cllm.service")
+
+
+class Service:
+    def __init__(self, config_path: Path):
+        self.config_path = Path(config_path)
+        self.config = load_config(self.config_path)
+        self.jobs = None
+        self.trainer = None
+        self.job = None
+        self.stopping = False
+        self.signals = 0
+        self.wake = asyncio.Event()
+        self.notifier = Notifier.from_environ()
+        self.watchdog = WatchdogGate(self.notifier, (self.notifier.watchdog_interval or 10.0) / 2)
+        self.metrics = None
+        self.ready_sent = False
+        self.last_status = {}
+        self.workers = None  # a worker count asked for while no run was in progress
+
+    # ----- lifecycle -----
+
+    async def run(self) -> int:
+        c = self.config
+        configure(c.logging.format, c.logging.level)
+        c.service.state_dir.mkdir(parents=True, exist_ok=True)
+        self.jobs = JobStore(c.service.state_dir)
+        control = ControlServer(c.service.socket, self.handle, c.service.socket_group,
+                                answer_timeout=c.service.step_timeout + 60)
+        await control.start()
+        if c.metrics.enabled:
+            from .metrics import Metrics
+            self.metrics = Metrics(c.metrics.address, c.metrics.port)
+            self.metrics.start()
+        self.watch_signals()
+        log.info("service_started", config=str(self.config_path), state_dir=str(c.service.state_dir),
+                 socket=str(c.service.socket), pid=os.getpid())
+        try:
+            while not self.stopping:
+                job = self.jobs.next()
+                if job is None:
+                    await self.idle()
+                    continue
+                await self.run_job(job)
+        finally:
+            self.notifier.stopping()
+            await control.close()
+            if self.metrics is not None:
+                self.metrics.stop()
+            log.info("service_stopped")
+        return 0
+
+    async def idle(self) -> None:
+        """No job to run: stay up for the control socket until a job is submitted or a stop."""
+        self.set_ready("idle: no queued job")
+        self.wake.clear()
+        while not self.stopping and self.jobs.next() is None:
+            try:
+                await asyncio.wait_for(self.wake.wait(), 1.0)
+            except TimeoutError:
+                pass
+            self.watchdog.progress()  # nothing to train is not a stuck training
+
+    async def run_job(self, job) -> None:
+        c = self.config
+        run_dir = c.service.state_dir / "jobs" / job.id
+        try:
+            config = merge_job(c, job.overrides)
+            request = RunRequest(settings=training_settings(config), sizes=dataclasses.asdict(config.model),
+                                 tokenizer=config.data.tokenizer, vocab_size=config.data.vocab_size,
+                                 cache_dir=config.data.cache_dir, threads=self.workers or config.training.threads
+                                 or usable_cores(), run_dir=run_dir)
+            found = list_checkpoints(run_dir)
+            resumed = load_checkpoint(found[-1]) if found else None
+            saved = load_training_state(resumed[3]) if resumed else None
+            if saved and saved["run_state"][0] >= request.settings["steps"]:
+                self.jobs.set(job, "done", f"finished at step {int(saved['run_state'][0])}")
+                return
+            self.trainer = open_run(request, resumed, saved, log_interval=10)
+        except UserError as error:
+            log.error("job_refused", job=job.id, error=str(error))
+            self.jobs.set(job, "failed", str(error))
+            return
+        self.job = job
+        self.jobs.set(job, "running")
+        self.attach(self.trainer)
+        log.info("job_started", job=job.id, run_dir=str(run_dir), step=self.trainer.state.step)
+        monitor = asyncio.create_task(self.health.watch())
+        try:
+            summary = await self.trainer.run()
+        except RunFailed as error:
+            log.error("job_failed", job=job.id, error=str(error))
+            self.jobs.set(job, "failed", str(error))
+        else:
+            if job.status == "cancelled" or self.trainer.stop_reason == "cancel":
+                self.jobs.set(job, "cancelled", f"at step {summary['step']}")
+            elif self.trainer.stop_reason in ("SIGTERM", "SIGINT", "stop", "memory"):
+                self.jobs.set(job, "running")  # interrupted: resumes on the next start
+            else:
+                self.jobs.set(job, "done", f"val_loss {summary['val_loss']:.4f} at step {summary['step']}")
+            log.info("job_ended", job=job.id, status=job.status, step=summary["step"])
+        finally:
+            monitor.cancel()
+            self.trainer, self.job = None, None
+
+    def attach(self, trainer) -> None:
+        """Hooks that report a run's progress to systemd, metrics and the health monitor."""
+        trainer.handle_signals = False
+        trainer.on_idle = self.watchdog.progress  # paused on purpose is not stuck
+        health = HealthMonitor(trainer.node, self.config.service.stall_timeout, self.config.service.memory_limit_mb,
+                               on_memory=lambda: trainer.request_stop("memory"))
+        self.health = health
+
+        def step_done(info):
+            self.watchdog.progress()
+            health.loss(info["step"], info["loss"])
+            self.last_status = {"step": info["step"], "loss": info["loss"],
+                                "tokens_per_s": info["tokens"] / info["seconds"]}
+            self.notifier.status(f"step {info['step']} loss {info['loss']:.4f} "
+                                 f"{self.last_status['tokens_per_s']:.0f} tok/s")
+            if self.metrics is not None:
+                self.metrics.observe_step(info["loss"], info["tokens"], info["seconds"])
+                self.metrics.set_workers(trainer.node.n_workers)
+
+        def batch_start(info):
+            self.set_ready(f"training {self.job.id if self.job else ''} from step {info['step']}")
+
+        trainer.hooks.on(Hook.BATCH_END, step_done)
+        trainer.hooks.on(Hook.BATCH_START, batch_start)
+        if self.metrics is not None:
+            trainer.hooks.on(Hook.CHECKPOINT, lambda info: self.metrics.checkpoint_saved())
+
+    def set_ready(self, status: str) -> None:
+        if not self.ready_sent:
+            self.notifier.send("READY=1", f"STATUS={status}")
+            self.ready_sent = True
+            log.info("service_ready", status=status)
+
+    # ----- signals -----
+
+    def watch_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.on_stop_signal, sig)
+        loop.add_signal_handler(signal.SIGHUP, self.on_reload)
+
+    def on_stop_signal(self, sig: int) -> None:
+        self.signals += 1
+        if self.signals > 1:
+            log.warning("stop_now", signal=signal.Signals(sig).name)
+            os._exit(0)  # checkpoints and the job file are written atomically
+        log.info("stop_requested", signal=signal.Signals(sig).name)
+        self.stop(signal.Signals(sig).name)
+
+    def stop(self, reason: str) -> None:
+        self.stopping = True
+        self.notifier.stopping()
+        if self.trainer is not None:
+            self.trainer.request_stop(reason)
+        self.wake.set()
+
+    def on_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except UserError as error:
+            log.error("config_reload_failed", error=str(error))
+            self.notifier.reloaded()
+            return
+        changed, restart = reload_changes(self.config, new)
+        if "logging.level" in changed:
+            configure(self.config.logging.format, new.logging.level)
+        if self.trainer is not None:
+            t = self.trainer
+            t.config = dataclasses.replace(t.config, eval_interval=new.training.eval_interval,
+                                           checkpoint_interval=new.training.checkpoint_interval)
+        self.config = dataclasses.replace(self.config, logging=new.logging,
+                                          training=dataclasses.replace(
+                                              self.config.training, eval_interval=new.training.eval_interval,
+                                              checkpoint_interval=new.training.checkpoint_interval))
+        log.info("config_reloaded", changed={k: list(v) for k, v in changed.items()}, needs_restart=restart)
+        self.notifier.reloaded()
+
+    # ----- control requests -----
+
+    async def handle(self, request):
+        command, args, t = request.command, request.args, self.trainer
+        if command == "status":
+            return self.status()
+        if command == "jobs":
+            return self.jobs.listing()
+        if command == "submit":
+            merge_job(self.config, args["job"])  # refuses a bad job before it is queued
+            job = self.jobs.submit(args["job"])
+            self.wake.set()
+            log.info("job_submitted", job=job.id)
+            return {"id": job.id, "status": job.status}
+        if command == "cancel":
+            job = self.jobs.get(args["id"])
+            if job is None:
+                raise UserError(f"no job {args['id']!r}; 'cllm ctl jobs' lists them")
+            if job.status in ("done", "failed", "cancelled"):
+                raise UserError(f"job {job.id} is already {job.status}")
+            if job is self.job and t is not None:
+                t.request_stop("cancel")
+            self.jobs.set(job, "cancelled")
+            return {"id": job.id, "status": "cancelled"}
+        if command == "stop":
+            self.stop("stop")
+            return {"stopping": True}
+        if command == "workers" and t is None:
+            self.workers = args["count"]
+            return {"workers": args["count"], "applies": "to the next run"}
+        if t is None:
+            raise UserError(f"no run is in progress; '{command}' needs one")
+        if command == "pause":
+            return await t.pause()
+        if command == "resume":
+            t.resume()
+            return {"resumed": True}
+        if command == "checkpoint":
+            return await t.ask(M.TWIN_PRIME_HIT, pl.IntervalHit(step=t.state.step, kind="checkpoint"), Priority.HIGH)
+        if command == "workers":
+            kind = M.CHILD_SPAWN if args["count"] > t.node.n_workers else M.CHILD_TERMINATE
+            return await t.ask(kind, pl.ChildCount(count=args["count"]))
+        if command == "stats":
+            return await t.ask(M.STATS_REQUEST, pl.StatsRequest())
+        raise UserError(f"unknown command {command!r}")
+
+    def status(self) -> dict:
+        t = self.trainer
+        status = {"pid": os.getpid(), "state": "stopping" if self.stopping else "idle" if t is None else
+                  t.node.control.state.name.lower(), "job": self.job.id if self.job else None,
+                  "time": time.time()}
+        if t is not None:
+            status.update(self.last_status)
+            status.update(step=t.state.step, steps=t.config.steps, workers=t.node.n_workers,
+                          best_val_loss=t.state.best_val if t.state.best_step else None)
+        return status
