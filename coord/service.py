@@ -155,6 +155,8 @@ class Service:
             if self.metrics is not None:
                 self.metrics.observe_step(info["loss"], info["tokens"], info["seconds"])
                 self.metrics.set_workers(trainer.node.n_workers)
+                if trainer.last_val_loss is not None:
+                    self.metrics.observe_eval(trainer.last_val_loss)
 
         def batch_start(info):
             self.set_ready(f"training {self.job.id if self.job else ''} from step {info['step']}")

@@ -112,6 +112,7 @@ class Trainer:
         self.node = NodeZero(model, params, optimizer, config.threads)
         self.val_batches = dataset.val_batches(config.batch_size, config.seq_len, config.eval_batches)
         self.stop_reason = None
+        self.last_val_loss = None
         self.handle_signals = True  # `cllm train`; the daemon handles signals itself
         self.waiting = {}  # control message id -> future answered at the step boundary
         self.pause_wanted = None  # a future answered once the run has paused
@@ -282,6 +283,7 @@ class Trainer:
         """Validation loss on the fixed batches; updates best-so-far and the patience counter."""
         s = self.state
         val_loss = await self.node.evaluate(self.val_batches)
+        self.last_val_loss = val_loss
         if val_loss < s.best_val:
             s.best_val, s.best_step, s.evals_since_best = val_loss, s.step, 0
         else:

@@ -211,3 +211,23 @@ def test_a_bad_configuration_is_refused_at_start(tmp_path):
                          text=True, timeout=60)
     assert out.returncode == 2
     assert len(out.stderr.strip().splitlines()) == 1 and "num_heads" in out.stderr
+
+
+def test_prometheus_metrics_follow_the_daemon(tmp_path):
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = write_config(tmp_path, checkpoint_interval=5)
+    config.write_text(config.read_text() + f"\n[metrics]\nenabled = true\nport = {port}\n")
+    daemon = Daemon(config)
+    try:
+        daemon.wait_for_step(20)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                  if line.startswith("cllm_") and " " in line}
+        assert values["cllm_steps_total"] >= 20 and values["cllm_workers"] == 2
+        assert 0 <= values["cllm_checkpoint_age_seconds"] < 60
+    finally:
+        assert daemon.stop() == 0

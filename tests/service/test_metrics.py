@@ -1,0 +1,49 @@
+"""Prometheus metrics served on loopback."""
+
+import socket
+import urllib.request
+
+import pytest
+
+from cllm.coord.errors import UserError
+from cllm.coord.metrics import Metrics
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if not line.startswith("#")}
+
+
+def test_metrics_follow_the_training():
+    port = free_port()
+    metrics = Metrics("127.0.0.1", port)
+    metrics.start()
+    try:
+        assert scrape(port)["cllm_checkpoint_age_seconds"] != scrape(port)["cllm_checkpoint_age_seconds"]  # NaN
+        for loss in (3.0, 2.5):
+            metrics.observe_step(loss, 1000, 0.2)
+        metrics.set_workers(2)
+        metrics.observe_eval(2.7)
+        metrics.checkpoint_saved()
+        got = scrape(port)
+        assert got["cllm_steps_total"] == 2 and got["cllm_tokens_total"] == 2000
+        assert got["cllm_loss"] == 2.5 and got["cllm_val_loss"] == 2.7 and got["cllm_workers"] == 2
+        assert got["cllm_tokens_per_second"] == pytest.approx(5000)
+        assert got["cllm_step_seconds_count"] == 2 and got['cllm_step_seconds_bucket{le="0.25"}'] == 2
+        assert 0 <= got["cllm_checkpoint_age_seconds"] < 5
+    finally:
+        metrics.stop()
+
+
+def test_a_taken_port_is_refused_in_one_line():
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        with pytest.raises(UserError, match="is not free"):
+            Metrics("127.0.0.1", busy.getsockname()[1]).start()
