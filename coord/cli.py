@@ -6,8 +6,6 @@ import os
 import sys
 from pathlib import Path
 
-import structlog
-
 from .errors import RunFailed, UserError
 from .logs import configure
 

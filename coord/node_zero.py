@@ -22,7 +22,7 @@ import structlog
 from cllm.kernels.model import GPTConfig, ParamLayout
 from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
-from cllm.protocol.messages import BROADCAST, Message, MessageType as M, make
+from cllm.protocol.messages import Message, MessageType as M, make
 
 from .optimizer import Optimizer, split_range
 from .sphere import Sphere, build_tree

@@ -5,7 +5,7 @@ import asyncio
 import numpy as np
 
 from cllm.coord.dataset import prepare_dataset
-from cllm.coord.node_zero import NodeZero, StepFailed
+from cllm.coord.node_zero import NodeZero
 from cllm.coord.optimizer import Optimizer, OptimizerConfig
 from cllm.coord.schedule import Schedule
 from cllm.coord.sphere import Inbox

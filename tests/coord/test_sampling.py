@@ -1,7 +1,6 @@
 """Sampling: temperature, top-k and top-p behave as defined; generation is reproducible."""
 
 import numpy as np
-import pytest
 
 from cllm.coord.sampling import SamplingConfig, choose, generate_ids
 from cllm.kernels.inference import KVCache

@@ -8,22 +8,10 @@ import subprocess
 import sys
 import time
 
-import pytest
 
 from cllm.coord.checkpoint import list_checkpoints
 
 from .daemon import Daemon, write_config
-
-
-@pytest.fixture
-def notify_socket():
-    import tempfile
-    path = os.path.join(tempfile.mkdtemp(dir="/tmp"), "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(0.1)
-    yield path, sock
-    sock.close()
 
 
 def datagrams(sock, until, timeout=60.0):

@@ -2,26 +2,14 @@
 
 import os
 import socket
-import tempfile
 
-import pytest
 import structlog
 
 from cllm.coord.notify import Notifier, WatchdogGate
 
 
-@pytest.fixture
-def listener():
-    path = os.path.join(tempfile.mkdtemp(dir="/tmp"), "notify")
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(2)
-    yield path, sock
-    sock.close()
-
-
-def test_messages_reach_the_notify_socket(listener):
-    path, sock = listener
+def test_messages_reach_the_notify_socket(notify_socket):
+    path, sock = notify_socket
     n = Notifier.from_environ({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "4000000"})
     n.ready()
     n.status("step 3 loss 2.5")
@@ -58,14 +46,14 @@ def test_a_missing_socket_is_logged_once_and_never_raises(tmp_path):
     assert [e["event"] for e in logs] == ["notify_failed"]
 
 
-def test_the_watchdog_belongs_to_its_pid_only(listener):
-    path, _ = listener
+def test_the_watchdog_belongs_to_its_pid_only(notify_socket):
+    path, _ = notify_socket
     assert Notifier.from_environ({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"}) \
         .watchdog_interval is None
 
 
-def test_the_gate_beats_only_on_progress_and_at_most_once_an_interval(listener):
-    path, sock = listener
+def test_the_gate_beats_only_on_progress_and_at_most_once_an_interval(notify_socket):
+    path, sock = notify_socket
     now = [100.0]
     gate = WatchdogGate(Notifier.from_environ({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"}), 0.5,
                         clock=lambda: now[0])
