@@ -1,4 +1,4 @@
-"""The ``cllm`` command line: train, generate, eval."""
+"""The ``cllm`` command line: train, generate, eval, serve, ctl."""
 
 import argparse
 import math
