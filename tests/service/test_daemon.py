@@ -59,6 +59,9 @@ def test_the_daemon_trains_and_answers_its_operator(tmp_path, notify_socket):
         stats = daemon.ctl("stats")["result"]
         assert len(stats["children"]) == 3 and stats["tokens"] > 0
         assert daemon.ctl("status")["result"]["workers"] == 3
+        assert daemon.ctl("stop")["ok"]  # as SIGTERM: after the step, with a checkpoint
+        assert daemon.process.wait(60) == 0
+        daemon.wait_for(lambda e: e["event"] == "service_stopped")
     finally:
         assert daemon.stop() == 0
 
