@@ -81,7 +81,7 @@ class NodeZero:
         self.grad = np.zeros(self.layout.size, dtype=np.float32)
         self.kernels = {}  # worker index -> WorkerKernels, kept across resizes
         self.deferred = []  # control messages that arrived mid-step, handled at the boundary
-        self.events = []  # GRADIENT_COMPLETE and other notices for the training loop's hooks
+        self.events = []  # GRADIENT_COMPLETE for the training loop, which takes them after each step
         self.batch = None
         self.tree = None
         self.pool = None
@@ -212,6 +212,10 @@ class NodeZero:
             if message.type in CONTROL:
                 waiting.append(message)
         return sorted(waiting, key=lambda m: -m.priority)
+
+    def take_events(self) -> list:
+        events, self.events = self.events, []
+        return events
 
     def params_ref(self) -> pl.BufferRef:
         return pl.BufferRef(name="params", offset=0, length=self.layout.size)

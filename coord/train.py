@@ -257,8 +257,9 @@ class Trainer:
     def after_step(self, result, lr: float) -> None:
         c, s = self.config, self.state
         tokens_per_s = result.tokens / result.seconds
-        self.hooks.fire(Hook.GRADIENT_SYNC, step=result.step, loss=result.loss, grad_norm=result.grad_norm,
-                        tokens=result.tokens)
+        for event in self.node.take_events():  # GRADIENT_COMPLETE: the gradients are reduced at Node Zero
+            p = event.payload
+            self.hooks.fire(Hook.GRADIENT_SYNC, step=p.step, loss=p.loss, grad_norm=p.grad_norm, tokens=p.tokens)
         if result.applied:
             s.bad_in_row = 0
             self.hooks.fire(Hook.WEIGHT_UPDATE, step=result.step, lr=lr)
