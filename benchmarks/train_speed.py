@@ -45,11 +45,11 @@ def measure(args) -> dict:
     import numpy as np
     from threadpoolctl import threadpool_limits
 
-    from cllm.coord.dataset import prepare_dataset
+    from cllm.coord.data.dataset import prepare_dataset
     from cllm.coord.logs import configure
-    from cllm.coord.node_zero import NodeZero
-    from cllm.coord.optimizer import Optimizer, OptimizerConfig
-    from cllm.coord.train import run_event_loop
+    from cllm.coord.nodezero.node_zero import NodeZero
+    from cllm.coord.training.optimizer import Optimizer, OptimizerConfig
+    from cllm.coord.training.trainer import run_event_loop
     from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 
     configure("json", "warning", stream=sys.stderr)

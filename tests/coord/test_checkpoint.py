@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from cllm.coord.checkpoint import (list_checkpoints, load_checkpoint, load_training_state, mark_best,
+from cllm.coord.checkpoints.store import (list_checkpoints, load_checkpoint, load_training_state, mark_best,
                                    prune_checkpoints, save_checkpoint)
 from cllm.coord.errors import UserError
-from cllm.coord.tokenizer import BpeTokenizer, CharTokenizer
+from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward, init_params
 
 from .runs import SHAKESPEARE, TINY_MODEL, cllm, small_corpus

@@ -9,11 +9,11 @@ import pytest
 import structlog
 from tokenizers import Tokenizer
 
-from cllm.coord import dataset as dataset_module
-from cllm.coord.corpus import iter_documents
-from cllm.coord.dataset import prepare_dataset, text_chunks
+from cllm.coord.data import dataset as dataset_module
+from cllm.coord.data.corpus import iter_documents
+from cllm.coord.data.dataset import prepare_dataset, text_chunks
 from cllm.coord.errors import UserError
-from cllm.coord.tokenizer import BpeTokenizer, CharTokenizer, load_tokenizer
+from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer, load_tokenizer
 
 from .runs import SHAKESPEARE
 

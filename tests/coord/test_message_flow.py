@@ -4,14 +4,14 @@ import asyncio
 
 import numpy as np
 
-from cllm.coord.dataset import prepare_dataset
-from cllm.coord.node_zero import NodeZero
-from cllm.coord.optimizer import Optimizer, OptimizerConfig
-from cllm.coord.schedule import Schedule
-from cllm.coord.sphere import Inbox
-from cllm.coord.states import SphereState
-from cllm.coord.train import RunState, TrainConfig, Trainer
-from cllm.coord.worker import WorkerKernels
+from cllm.coord.data.dataset import prepare_dataset
+from cllm.coord.nodezero.node_zero import NodeZero
+from cllm.coord.training.optimizer import Optimizer, OptimizerConfig
+from cllm.coord.training.schedule import Schedule
+from cllm.coord.nodezero.sphere import Inbox
+from cllm.coord.nodezero.states import SphereState
+from cllm.coord.training.trainer import RunState, TrainConfig, Trainer
+from cllm.coord.nodezero.worker import WorkerKernels
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 from cllm.protocol.messages import MessageType
 

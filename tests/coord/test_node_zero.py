@@ -7,10 +7,10 @@ import time
 import numpy as np
 import pytest
 
-from cllm.coord.node_zero import NodeZero, StepFailed
-from cllm.coord.optimizer import Optimizer, OptimizerConfig
-from cllm.coord.sphere import Inbox
-from cllm.coord.worker import WorkerKernels
+from cllm.coord.nodezero.node_zero import NodeZero, StepFailed
+from cllm.coord.training.optimizer import Optimizer, OptimizerConfig
+from cllm.coord.nodezero.sphere import Inbox
+from cllm.coord.nodezero.worker import WorkerKernels
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward_backward, init_params
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import MessageType as M, Priority, make

@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from cllm.coord.checkpoint import list_checkpoints, load_checkpoint
+from cllm.coord.checkpoints.store import list_checkpoints, load_checkpoint
 
 from .runs import TINY_MODEL, cllm, command, events, small_corpus
 

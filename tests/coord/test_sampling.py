@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from cllm.coord.sampling import SamplingConfig, choose, generate_ids
+from cllm.coord.inference.sampling import SamplingConfig, choose, generate_ids
 from cllm.kernels.inference import KVCache
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 

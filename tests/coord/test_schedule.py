@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cllm.coord.schedule import Schedule, learning_rate
+from cllm.coord.training.schedule import Schedule, learning_rate
 
 
 def test_constant_with_warmup():

@@ -2,8 +2,8 @@
 
 import pytest
 
-from cllm.coord.sphere import FANOUT, build_tree
-from cllm.coord.states import (CONTROL_TRANSITIONS, SPHERE_TRANSITIONS, ControlState, IllegalTransition,
+from cllm.coord.nodezero.sphere import FANOUT, build_tree
+from cllm.coord.nodezero.states import (CONTROL_TRANSITIONS, SPHERE_TRANSITIONS, ControlState, IllegalTransition,
                                SphereState, StateMachine)
 
 

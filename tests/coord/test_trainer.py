@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-from cllm.coord.checkpoint import list_checkpoints, load_checkpoint
-from cllm.coord.dataset import prepare_dataset
-from cllm.coord.hooks import Hook, Hooks
-from cllm.coord.optimizer import Optimizer, OptimizerConfig
-from cllm.coord.schedule import Schedule
-from cllm.coord.train import RunState, TrainConfig, Trainer
+from cllm.coord.checkpoints.store import list_checkpoints, load_checkpoint
+from cllm.coord.data.dataset import prepare_dataset
+from cllm.coord.training.hooks import Hook, Hooks
+from cllm.coord.training.optimizer import Optimizer, OptimizerConfig
+from cllm.coord.training.schedule import Schedule
+from cllm.coord.training.trainer import RunState, TrainConfig, Trainer
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import MessageType as M

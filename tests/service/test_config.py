@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cllm.coord.cli import RUN_SETTINGS
+from cllm.coord.cli.main import RUN_SETTINGS
 from cllm.coord.errors import UserError
-from cllm.coord.service_config import TABLES, load_config, merge_job, reload_changes, training_settings
+from cllm.coord.service.config import TABLES, load_config, merge_job, reload_changes, training_settings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cllm.toml"
 

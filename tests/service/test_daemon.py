@@ -9,7 +9,7 @@ import sys
 import time
 
 
-from cllm.coord.checkpoint import list_checkpoints
+from cllm.coord.checkpoints.store import list_checkpoints
 
 from .daemon import Daemon, write_config
 
@@ -154,7 +154,7 @@ def test_a_second_signal_exits_at_once_and_leaves_the_last_checkpoint_whole(tmp_
     daemon.process.send_signal(signal.SIGTERM)
     daemon.process.send_signal(signal.SIGTERM)
     daemon.process.wait(60)
-    from cllm.coord.checkpoint import load_checkpoint
+    from cllm.coord.checkpoints.store import load_checkpoint
     load_checkpoint(tmp_path / "state" / "jobs" / "main")  # loads: nothing half-written
 
 

@@ -4,9 +4,9 @@ import time
 
 import structlog
 
-from cllm.coord.health import HealthMonitor
-from cllm.coord.sphere import build_tree
-from cllm.coord.states import SphereState
+from cllm.coord.service.health import HealthMonitor
+from cllm.coord.nodezero.sphere import build_tree
+from cllm.coord.nodezero.states import SphereState
 
 
 class Node:

@@ -6,7 +6,7 @@ import urllib.request
 import pytest
 
 from cllm.coord.errors import UserError
-from cllm.coord.metrics import Metrics
+from cllm.coord.service.metrics import Metrics
 
 
 def free_port() -> int:

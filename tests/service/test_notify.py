@@ -5,7 +5,7 @@ import socket
 
 import structlog
 
-from cllm.coord.notify import Notifier, WatchdogGate
+from cllm.coord.service.notify import Notifier, WatchdogGate
 
 
 def test_messages_reach_the_notify_socket(notify_socket):

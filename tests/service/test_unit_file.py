@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cllm.coord.service_config import ServiceSettings
+from cllm.coord.service.config import ServiceSettings
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "cllm.service"
 

@@ -13,7 +13,7 @@ import time
 
 import structlog
 
-from .states import SphereState
+from ..nodezero.states import SphereState
 
 log = structlog.get_logger("cllm.health")
 

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 STATUSES = ("queued", "running", "done", "failed", "cancelled")
 MAIN_JOB = "main"  # the run the configuration file describes

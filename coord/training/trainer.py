@@ -22,11 +22,11 @@ from cllm.kernels.model import GPTConfig, ParamLayout, activation_bytes
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import MessageType as M
 
-from .checkpoint import mark_best, prune_checkpoints, save_checkpoint
-from .errors import RunFailed, UserError
+from ..checkpoints.store import mark_best, prune_checkpoints, save_checkpoint
+from ..errors import RunFailed, UserError
 from .hooks import Hook, Hooks
-from .node_zero import NodeZero, StepFailed
-from .states import ControlState
+from ..nodezero.node_zero import NodeZero, StepFailed
+from ..nodezero.states import ControlState
 from .optimizer import Optimizer, OptimizerConfig
 from .schedule import Schedule, learning_rate
 

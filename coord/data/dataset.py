@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 
 from .corpus import iter_documents
-from .errors import UserError
+from ..errors import UserError
 from .tokenizer import EOS, load_tokenizer, train_tokenizer
 
 log = structlog.get_logger("cllm.dataset")

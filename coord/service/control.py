@@ -19,7 +19,7 @@ import structlog
 from cllm.protocol.control import decode_request, encode_reply
 from cllm.protocol.wire import MAX_LINE_BYTES, WireError
 
-from .errors import UserError
+from ..errors import UserError
 
 log = structlog.get_logger("cllm.control")
 

@@ -17,7 +17,7 @@ from typing import Iterator
 
 import structlog
 
-from .errors import UserError
+from ..errors import UserError
 
 log = structlog.get_logger("cllm.corpus")
 

@@ -7,11 +7,11 @@ import structlog
 
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 
-from .dataset import prepare_dataset
-from .errors import UserError
+from ..data.dataset import prepare_dataset
+from ..errors import UserError
 from .optimizer import Optimizer, OptimizerConfig
 from .schedule import Schedule
-from .train import RunState, TrainConfig, Trainer, check_memory, restore_state
+from .trainer import RunState, TrainConfig, Trainer, check_memory, restore_state
 
 log = structlog.get_logger("cllm.run")
 

@@ -20,17 +20,17 @@ import structlog
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import MessageType as M, Priority
 
-from .checkpoint import list_checkpoints, load_checkpoint, load_training_state
+from ..checkpoints.store import list_checkpoints, load_checkpoint, load_training_state
 from .control import ControlServer
-from .errors import RunFailed, UserError
+from ..errors import RunFailed, UserError
 from .health import HealthMonitor
-from .hooks import Hook
+from ..training.hooks import Hook
 from .jobs import JobStore
-from .logs import configure
-from .node_zero import usable_cores
+from ..logs import configure
+from ..nodezero.node_zero import usable_cores
 from .notify import Notifier, WatchdogGate
-from .run import RunRequest, open_run
-from .service_config import load_config, merge_job, reload_changes, training_settings
+from ..training.run import RunRequest, open_run
+from .config import load_config, merge_job, reload_changes, training_settings
 
 log = structlog.get_logger("cllm.service")
 

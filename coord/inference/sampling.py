@@ -8,7 +8,7 @@ import numpy as np
 from cllm.kernels.inference import KVCache, step
 from cllm.kernels.model import Tensors
 
-from .errors import UserError
+from ..errors import UserError
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from typing import Callable, Iterable
 import numpy as np
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from .errors import UserError
+from ..errors import UserError
 
 EOS = "<|endoftext|>"
 MIN_BPE_VOCAB = 257  # the 256 bytes and the end-of-text token

@@ -22,8 +22,8 @@ from safetensors.numpy import load_file, save_file
 
 from cllm.kernels.model import GPTConfig, ParamLayout
 
-from .errors import UserError
-from .tokenizer import load_tokenizer
+from ..errors import UserError
+from ..data.tokenizer import load_tokenizer
 
 PREFIX = "transformer."
 BEST_FILE = "best.json"

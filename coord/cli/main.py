@@ -6,8 +6,8 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import RunFailed, UserError
-from .logs import configure
+from ..errors import RunFailed, UserError
+from ..logs import configure
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "cllm"
 
@@ -54,8 +54,8 @@ def add_data(p) -> None:
 
 
 def add_train(commands) -> None:
-    from .node_zero import usable_cores
-    from .run import MODEL_DEFAULTS
+    from ..nodezero.node_zero import usable_cores
+    from ..training.run import MODEL_DEFAULTS
 
     p = commands.add_parser("train", help="train a model on a text corpus")
     p.add_argument("data", nargs="?", type=Path,
@@ -125,10 +125,10 @@ def resolve_settings(args, saved: dict) -> dict:
 
 
 def run_train(args) -> int:
-    from .checkpoint import load_checkpoint, load_training_state
+    from ..checkpoints.store import load_checkpoint, load_training_state
     from .progress import ProgressBar
-    from .run import MODEL_DEFAULTS, RunRequest, open_run
-    from .train import run_event_loop
+    from ..training.run import MODEL_DEFAULTS, RunRequest, open_run
+    from ..training.trainer import run_event_loop
 
     resumed = saved = None
     if args.resume is not None:
@@ -163,8 +163,8 @@ def run_generate(args) -> int:
     from cllm.kernels.inference import KVCache
     from cllm.kernels.model import ParamLayout
 
-    from .checkpoint import load_checkpoint
-    from .sampling import SamplingConfig, generate_text
+    from ..checkpoints.store import load_checkpoint
+    from ..inference.sampling import SamplingConfig, generate_text
 
     if args.top_p > 1:
         raise UserError(f"--top-p {args.top_p} must be at most 1")
@@ -196,9 +196,9 @@ def add_eval(commands) -> None:
 def run_eval(args) -> int:
     import json
 
-    from .checkpoint import load_checkpoint
-    from .dataset import prepare_dataset
-    from .evaluate import evaluate_checkpoint
+    from ..checkpoints.store import load_checkpoint
+    from ..data.dataset import prepare_dataset
+    from ..inference.evaluate import evaluate_checkpoint
 
     if not args.data.exists():
         raise UserError(f"{args.data} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
@@ -220,8 +220,8 @@ def add_serve(commands) -> None:
 
 
 def run_serve(args) -> int:
-    from .service import Service
-    from .train import run_event_loop
+    from ..service.daemon import Service
+    from ..training.trainer import run_event_loop
 
     service = Service(args.config)  # refuses a bad configuration before anything starts
     return run_event_loop(service.run())
@@ -276,7 +276,7 @@ def run_ctl(args) -> int:
     if args.socket is not None:
         path = args.socket
     else:
-        from .service_config import load_config
+        from ..service.config import load_config
         path = load_config(args.config).service.socket if args.config else load_config_default_socket()
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(args.timeout)

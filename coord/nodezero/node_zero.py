@@ -24,7 +24,7 @@ from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
-from .optimizer import Optimizer, split_range
+from ..training.optimizer import Optimizer, split_range
 from .sphere import Sphere, build_tree
 from .states import CONTROL_TRANSITIONS, ControlState, SphereState, StateMachine
 from .worker import WorkerKernels

@@ -7,7 +7,7 @@ prometheus-client (the ``metrics`` extra) is imported only when metrics are on. 
 import math
 import time
 
-from .errors import UserError
+from ..errors import UserError
 
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 

@@ -1,0 +1,1 @@
+"""Checkpoints in the Hugging Face GPT-2 layout, and resumption."""

@@ -1,0 +1,1 @@
+"""The ``cllm`` command line."""

@@ -1,0 +1,1 @@
+"""Node Zero, the spheres it coordinates and their state machines."""

@@ -1,0 +1,1 @@
+"""The training daemon: configuration, control socket, jobs, health, metrics, systemd."""

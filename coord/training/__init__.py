@@ -1,0 +1,1 @@
+"""The training loop, the run's configuration, optimizers, schedules and hooks."""
