@@ -5,8 +5,6 @@ split/merge and the causal softmax (scale, mask, exponentiate, normalise in one
 pass) are numba kernels.
 """
 
-import math
-
 import numpy as np
 
 from .jit import kernel
@@ -77,8 +75,8 @@ def causal_softmax_backward(datt, att, scale):
                     d[j] = 0.0
 
 
-def attention_forward(out, q, k, v, att, y, qkv):
-    """qkv (B,T,3C) -> out (B,T,C).
+def attention_forward(out, q, k, v, att, y, qkv, scale):
+    """qkv (B,T,3C) -> out (B,T,C); scores are q.k * ``scale`` (GPT-2: 1/sqrt(hs)).
 
     Keeps q, k, v, y (B,H,T,hs) and the probabilities att (B,H,T,T) for the backward pass.
     """
@@ -87,18 +85,18 @@ def attention_forward(out, q, k, v, att, y, qkv):
     split_heads(k, qkv[:, :, C:2 * C])
     split_heads(v, qkv[:, :, 2 * C:])
     np.matmul(q, k.transpose(0, 1, 3, 2), out=att)
-    causal_softmax_forward(att, 1.0 / math.sqrt(q.shape[3]))
+    causal_softmax_forward(att, scale)
     np.matmul(att, v, out=y)
     merge_heads(out, y)
 
 
-def attention_backward(dqkv, dout, q, k, v, att, dq, dk, dv, dy, datt):
+def attention_backward(dqkv, dout, q, k, v, att, dq, dk, dv, dy, datt, scale):
     """Overwrite dqkv (B,T,3C) from dout (B,T,C); dq, dk, dv, dy, datt are scratch."""
     C = dout.shape[2]
     split_heads(dy, dout)
     np.matmul(dy, v.transpose(0, 1, 3, 2), out=datt)
     np.matmul(att.transpose(0, 1, 3, 2), dy, out=dv)
-    causal_softmax_backward(datt, att, 1.0 / math.sqrt(q.shape[3]))
+    causal_softmax_backward(datt, att, scale)
     np.matmul(datt, k, out=dq)
     np.matmul(datt.transpose(0, 1, 3, 2), q, out=dk)
     merge_heads(dqkv[:, :, :C], dq)

@@ -8,7 +8,7 @@ import pytest
 from cllm.kernels.attention import attention_backward, attention_forward
 from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward
 from cllm.kernels.encoder import encoder_backward, encoder_forward
-from cllm.kernels.gelu import gelu_backward, gelu_forward
+from cllm.kernels.gelu import gelu_backward, gelu_exact_backward, gelu_exact_forward, gelu_forward
 from cllm.kernels.layernorm import layernorm_backward, layernorm_forward
 from cllm.kernels.linear import linear_backward, linear_forward, linear_residual_forward
 
@@ -96,13 +96,29 @@ def test_gelu_backward_matches_finite_differences(rng):
     assert_grad_close(dinp, numerical_grad(f, inp)[1])
 
 
+def test_exact_gelu_backward_matches_finite_differences(rng):
+    inp = rng.normal(scale=2.0, size=50)
+    out, dout = np.zeros(50), rng.normal(size=50)
+
+    def f():
+        gelu_exact_forward(out, inp)
+        return float(np.sum(out * dout))
+
+    f()
+    expected = np.array([0.5 * x * (1 + math.erf(x / math.sqrt(2))) for x in inp])
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
+    dinp = dout.copy()
+    gelu_exact_backward(dinp, inp, dinp)  # in place
+    assert_grad_close(dinp, numerical_grad(f, inp)[1])
+
+
 def test_attention_forward_is_causal_softmax_attention(rng):
     B, T, H, hs = 2, 5, 3, 4
     C = H * hs
     qkv = rng.normal(size=(B, T, 3 * C))
     q, k, v, y = (np.zeros((B, H, T, hs)) for _ in range(4))
     att, out = np.zeros((B, H, T, T)), np.zeros((B, T, C))
-    attention_forward(out, q, k, v, att, y, qkv)
+    attention_forward(out, q, k, v, att, y, qkv, 1.0 / math.sqrt(hs))
     # a direct reference: per head, masked softmax of q.k / sqrt(hs), times v
     Q, K, Vv = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, H, hs).transpose(0, 2, 1, 3) for i in range(3))
     scores = Q @ K.transpose(0, 1, 3, 2) / math.sqrt(hs)
@@ -122,14 +138,16 @@ def test_attention_backward_matches_finite_differences(rng):
     att, out = np.zeros((B, H, T, T)), np.zeros((B, T, C))
     dout = rng.normal(size=(B, T, C))
 
+    scale = 0.3  # any score factor, as scale_attn_by_inverse_layer_idx makes per layer
+
     def f():
-        attention_forward(out, q, k, v, att, y, qkv)
+        attention_forward(out, q, k, v, att, y, qkv, scale)
         return float(np.sum(out * dout))
 
     f()
     dqkv = np.full((B, T, 3 * C), 9.0)  # overwritten
     scratch = [np.zeros((B, H, T, hs)) for _ in range(4)]
-    attention_backward(dqkv, dout, q, k, v, att, *scratch, np.zeros((B, H, T, T)))
+    attention_backward(dqkv, dout, q, k, v, att, *scratch, np.zeros((B, H, T, T)), scale)
     assert_grad_close(dqkv.reshape(-1), numerical_grad(f, qkv)[1])
 
 
