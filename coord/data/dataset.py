@@ -23,12 +23,12 @@ import structlog
 
 from .corpus import iter_documents
 from ..errors import UserError
-from .tokenizer import EOS, load_tokenizer, train_tokenizer
+from .tokenizer import EOS, KINDS, load_tokenizer, train_tokenizer
 
 log = structlog.get_logger("cllm.dataset")
 
 CHUNK_CHARS = 1 << 20
-SEPARATORS = {"char": "\n\n", "bpe": EOS}
+CACHE_FORMAT = 2  # part of every cache key; raised when what an entry holds changes meaning
 
 
 def text_chunks(path: Path) -> Iterator[str]:
@@ -54,14 +54,15 @@ def text_chunks(path: Path) -> Iterator[str]:
             yield carry
 
 
-def stage_corpus(path, include, exclude, max_bytes, separator: str, staging: Path) -> tuple:
-    """Stream the documents into ``staging``; returns (content sha256, documents, characters)."""
+def stage_corpus(path, include, exclude, max_bytes, staging: Path) -> tuple:
+    """Stream the documents into ``staging``, separated by the end-of-text token; returns
+    (content sha256, documents, characters)."""
     digest = hashlib.sha256()
     count = chars = 0
     with open(staging, "w", encoding="utf-8", newline="") as out:
         for document in iter_documents(path, include, exclude, max_bytes):
             if count:
-                out.write(separator)
+                out.write(EOS)
             out.write(document.text)
             data = document.text.encode("utf-8")
             digest.update(len(data).to_bytes(8, "little"))
@@ -112,7 +113,7 @@ def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path,
     """
     if tokenizer is not None:
         tokenizer_kind = tokenizer.kind
-    if tokenizer_kind not in SEPARATORS:
+    if tokenizer_kind not in KINDS:
         raise UserError(f"unknown tokenizer {tokenizer_kind!r}; choose char or bpe")
     cache_dir = Path(cache_dir)
     try:
@@ -122,11 +123,11 @@ def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path,
                         "give a writable --cache-dir") from None
     staging = cache_dir / f".staging-{os.getpid()}.txt"
     try:
-        digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, SEPARATORS[tokenizer_kind], staging)
+        digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, staging)
         if tokenizer is not None:
-            key = f"{digest[:24]}-{tokenizer.kind}-{tokenizer.fingerprint()}"
+            key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer.kind}-{tokenizer.fingerprint()}"
         else:
-            key = f"{digest[:24]}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
+            key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
         entry = cache_dir / key
         if (entry / "meta.json").exists():
             log.info("dataset_cached", path=str(entry))

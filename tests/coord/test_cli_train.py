@@ -43,7 +43,8 @@ def test_train_learns_logs_json_and_writes_a_checkpoint(tmp_path, small_corpus):
     saved = next(e for e in log if e["event"] == "checkpoint_saved")
     checkpoint = Path(saved["path"])
     assert checkpoint.parent == run
-    assert {"model.safetensors", "config.json", "vocab.json"} <= {p.name for p in checkpoint.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+            "generation_config.json"} <= {p.name for p in checkpoint.iterdir()}
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
