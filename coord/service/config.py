@@ -180,8 +180,9 @@ def parse_run(raw: Mapping, tables, where: str, base: Path, state_dir: Path) -> 
                     continue
                 raise UserError(f"{where}: unknown key [{table}] {key}; allowed: {', '.join(keys_of(table))}")
             values[key] = convert(allowed[key], value, f"{where}: [{table}] {key}")
-    if "path" in values:
-        values["path"] = located(base, values["path"])
+    for key in ("path", "init_from"):
+        if key in values:
+            values[key] = located(base, values[key])
     if "cache_dir" in values:
         values["cache_dir"] = located(base, values["cache_dir"]) or state_dir / "cache"
     return values

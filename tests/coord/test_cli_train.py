@@ -60,7 +60,7 @@ def test_train_learns_logs_json_and_writes_a_checkpoint(tmp_path, small_corpus):
     (["{small}", "--beta2", "1"], "--beta2: 1 must be a number in [0, 1)"),
     (["{small}", "--threads", "1100"], "--threads: 1100 must be an integer from 0 to 1024"),
     (["{small}", "--tokenizer", "word"], "invalid choice"),
-    (["{small}", "--learning-rate", "nan"], "nan must be a finite number > 0"),
+    (["{small}", "--learning-rate", "nan"], "nan must be a finite number >= 0"),
     (["{small}", "--steps", "3", "--epochs", "2"], "not allowed with"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, small_corpus, args, message):

@@ -15,7 +15,7 @@ from cllm.coord.data.tokenizer import EOS, BpeTokenizer, CharTokenizer, load_tok
 from cllm.coord.errors import UserError
 from cllm.kernels.model import Activations, ParamLayout, forward
 
-from .hf import GPT2_VOCAB, gpt2_sized_tokenizer, hf_logits, random_gpt2
+from .hf import GPT2_VOCAB, hf_logits, random_gpt2
 from .runs import SHAKESPEARE
 
 torch = pytest.importorskip("torch")  # the interop extra; .ci/run installs it
@@ -144,11 +144,6 @@ def test_bfloat16_weights_are_refused_with_the_way_out(tmp_path, bpe):
     transformers.GPT2LMHeadModel.from_pretrained(directory).to(torch.bfloat16).save_pretrained(directory)
     with pytest.raises(UserError, match=r"is BF16; CLLM reads float32 or float16 weights \(convert"):
         load_checkpoint(directory)
-
-
-@pytest.fixture(scope="module")
-def gpt2_tokenizer():
-    return gpt2_sized_tokenizer()
 
 
 def test_a_gpt2_sized_tokenizer_loads_from_vocab_and_merges_and_separates_documents(tmp_path, gpt2_tokenizer):
