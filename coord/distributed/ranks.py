@@ -33,10 +33,23 @@ ABORT_GRACE_S = 5.0  # MPI_Abort should end the process at once; past this, leav
 
 
 def share(count: int, rank: int, size: int) -> tuple:
-    """[a, b): rank ``rank``'s contiguous share of ``count`` items, as even as possible, lower ranks first."""
+    """[a, b): rank ``rank``'s contiguous share of ``count`` items, as even as possible.
+
+    The last ranks take the extra items: with two ranks the split falls where a pairwise sum
+    over the items splits them, (a + b) // 2, so two ranks add the same two halves as one.
+    """
     base, extra = divmod(count, size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)
+    start = rank * base + max(0, rank - (size - extra))
+    return start, start + base + (1 if rank >= size - extra else 0)
+
+
+def layer_buckets(layout, tail: int = 0) -> list:
+    """[a, b) slices of a flat gradient (and ``tail`` words after it) in the order backward finishes
+    them: the last block with the final LayerNorm and the words, each block down to the first, then
+    the embeddings (the token embedding is also the head, so its gradient is final last)."""
+    starts = [layout.offsets[f"h.{i}.ln_1.weight"] for i in range(layout.cfg.n_layer)]
+    ends = starts[1:] + [layout.size + tail]
+    return [(starts[i], ends[i]) for i in reversed(range(len(starts)))] + [(0, starts[0])]
 
 
 def join(timeout: float):

@@ -13,7 +13,7 @@ def test_collectives_sum_agree_gather_and_check_on_two_ranks():
     assert run.returncode == 0, run.stderr
     seen = {out["rank"]: out for out in json_lines(run.stdout) + json_lines(run.stderr)}
     assert sorted(seen) == [0, 1]
-    assert seen[0]["share"] == [0, 4] and seen[1]["share"] == [4, 7]
+    assert seen[0]["share"] == [0, 3] and seen[1]["share"] == [3, 7]
     for out in seen.values():
         assert out["size"] == 2
         assert out["sum32"] == [3.0 * i for i in range(10)]
