@@ -105,7 +105,7 @@ class Service:
                                  cache_dir=config.data.cache_dir, threads=self.workers or config.training.threads
                                  or usable_cores(), run_dir=run_dir)
             found = list_checkpoints(run_dir)
-            resumed = load_checkpoint(found[-1]) if found else None
+            resumed = load_checkpoint(run_dir) if found else None  # the newest that loads
             saved = load_training_state(resumed[3]) if resumed else None
             if saved and saved["run_state"][0] >= request.settings["steps"]:
                 self.jobs.set(job, "done", f"finished at step {int(saved['run_state'][0])}")
