@@ -19,6 +19,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import structlog
@@ -39,6 +40,29 @@ STATE_FILE = "training_state.npz"
 MARKER = "checkpoint_complete.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 SCRATCH = ".checkpoint-*.tmp-*"
+
+
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: the model's config, its flat float32 parameters, its tokenizer, its directory."""
+
+    model: GPTConfig
+    params: np.ndarray
+    tokenizer: object
+    path: Path
+
+
+class TrainingState(NamedTuple):
+    """What a checkpoint keeps for resuming: optimizer moments and step, the run's counters
+    (step, best_val, best_step, evals_since_best, bad_in_row) and the run's settings by name."""
+
+    optimizer_state: np.ndarray
+    optimizer_step: int
+    run_state: np.ndarray
+    settings: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.run_state[0])
 
 
 def gpt2_config(cfg: GPTConfig, eos_id) -> dict:
@@ -144,8 +168,8 @@ def prune_checkpoints(run_dir: Path, keep: int) -> list:
     return doomed
 
 
-def load_training_state(path: Path) -> dict:
-    """The arrays of a checkpoint's ``training_state.npz``."""
+def load_training_state(path: Path) -> TrainingState:
+    """What a checkpoint's ``training_state.npz`` keeps."""
     file = Path(path) / STATE_FILE
     try:
         with np.load(file, allow_pickle=False) as data:
@@ -163,7 +187,7 @@ def load_training_state(path: Path) -> dict:
             raise ValueError("not an object")
     except ValueError as error:
         raise UserError(f"{file}: its run settings cannot be read ({error}); the checkpoint is damaged") from None
-    return state
+    return TrainingState(state["optimizer_state"], int(state["optimizer_step"]), state["run_state"], state["settings"])
 
 
 def list_checkpoints(run_dir: Path) -> list:
@@ -188,9 +212,8 @@ def read_config(path: Path) -> GPTConfig:
         raise UserError(f"{file} is not a GPT-2 config ({error}); the checkpoint is damaged") from None
 
 
-def load_checkpoint(path: Path) -> tuple:
-    """(config, flat float32 parameters, tokenizer, checkpoint directory) of a checkpoint directory, or of
-    the newest complete checkpoint of a run directory that loads."""
+def load_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint at ``path``, or the newest checkpoint of the run directory ``path`` that loads."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; give a checkpoint directory or a run's checkpoint directory")
@@ -216,7 +239,7 @@ def load_checkpoint(path: Path) -> tuple:
     raise UserError(f"{path} holds no checkpoint that loads; the newest, {newest}: {skipped[newest]}")
 
 
-def load_one(path: Path) -> tuple:
+def load_one(path: Path) -> Checkpoint:
     cfg = read_config(path)
     layout = ParamLayout(cfg)
     file = path / "model.safetensors"
@@ -240,4 +263,4 @@ def load_one(path: Path) -> tuple:
     if tokenizer.vocab_size != cfg.vocab_size:
         raise UserError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but config.json says "
                         f"{cfg.vocab_size}; the tokenizer belongs to another model")
-    return cfg, params, tokenizer, path
+    return Checkpoint(cfg, params, tokenizer, path)

@@ -38,7 +38,7 @@ def test_a_checkpoint_round_trips(checkpoint):
     assert path == checkpoint and cfg == CFG
     assert np.array_equal(params, trained_params(CFG))
     assert tokenizer.decode(tokenizer.encode("hello, world")) == "hello, world"
-    assert load_training_state(checkpoint)["optimizer_step"] == 3
+    assert load_training_state(checkpoint).optimizer_step == 3
 
 
 

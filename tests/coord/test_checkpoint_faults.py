@@ -118,7 +118,7 @@ def test_a_checkpoint_without_its_marker_is_not_listed_and_loading_falls_back(tm
         save(run, step, keep=5)
     (run / "checkpoint-00000003" / MARKER).unlink()  # as a writer of an older version or a copy cut short
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000001", "checkpoint-00000002"]
-    assert load_checkpoint(run)[3].name == "checkpoint-00000002"
+    assert load_checkpoint(run).path.name == "checkpoint-00000002"
 
 
 @pytest.mark.parametrize("damage", [
