@@ -103,7 +103,7 @@ class Service:
             run = merge_job(c, job.overrides).run
             run = with_values(run, {"checkpoint_dir": run_dir, "threads": self.workers or run.threads})
             found = list_checkpoints(run_dir)
-            resumed = load_checkpoint(found[-1]) if found else None
+            resumed = load_checkpoint(run_dir) if found else None  # the newest that loads
             saved = load_training_state(resumed.path) if resumed else None
             if saved and saved.step >= run.steps:
                 self.jobs.set(job, "done", f"finished at step {saved.step}")

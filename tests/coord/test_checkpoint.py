@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -91,12 +92,14 @@ def test_pruning_keeps_the_newest_and_the_best(tmp_path, checkpoint):
     tokenizer = load_tokenizer(checkpoint)
     paths = [save_checkpoint(run, step, CFG, trained_params(CFG), tokenizer, STATE) for step in (10, 20, 30, 40)]
     mark_best(run, paths[0], 1.5)
-    (run / ".checkpoint-00000050.tmp-99999").mkdir()  # a crashed writer's leftovers
+    leftovers = run / ".checkpoint-00000050.tmp-99999-dead"  # a crashed writer's, an hour old
+    leftovers.mkdir()
+    os.utime(leftovers, (time.time() - 3600,) * 2)
     removed = prune_checkpoints(run, keep=2)
     assert sorted(p.name for p in removed) == ["checkpoint-00000007", "checkpoint-00000020"]
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000010", "checkpoint-00000030",
                                                        "checkpoint-00000040"]
-    assert not (run / ".checkpoint-00000050.tmp-99999").exists()
+    assert not leftovers.exists()
     assert json.loads((run / "best.json").read_text())["checkpoint"] == "checkpoint-00000010"
 
 

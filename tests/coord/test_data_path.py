@@ -9,13 +9,13 @@ import pytest
 import structlog
 from tokenizers import Tokenizer
 
-from cllm.coord.data import dataset as dataset_module
+from cllm.coord.data import corpus as corpus_module, dataset as dataset_module
 from cllm.coord.data.corpus import iter_documents
 from cllm.coord.data.dataset import prepare_dataset, text_chunks
 from cllm.coord.errors import UserError
 from cllm.coord.data.tokenizer import EOS, BpeTokenizer, CharTokenizer, load_tokenizer
 
-from .runs import SHAKESPEARE
+from .runs import SHAKESPEARE, texts
 
 UNICODE = "Ünïcödé — 漢字 and emoji 🚀\n\n\ttabs   and   runs of spaces\r\nend"
 
@@ -71,8 +71,10 @@ def test_bpe_refuses_a_vocabulary_below_the_byte_alphabet():
         BpeTokenizer.train(["text"], 100)
 
 
-def test_chunked_encoding_equals_whole_text_encoding(bpe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lines", [True, False], ids=["lines", "one-line"])
+def test_chunked_encoding_equals_whole_text_encoding(bpe, tmp_path, monkeypatch, lines):
     text = SHAKESPEARE.read_text()[:40_000]
+    text = text if lines else text.replace("\n", " ")
     path = tmp_path / "staging.txt"
     path.write_text(text)
     monkeypatch.setattr(dataset_module, "CHUNK_CHARS", 997)
@@ -94,11 +96,10 @@ def make_tree(root: Path) -> None:
 def test_a_directory_is_walked_once_in_order_skipping_binary_and_undecodable_files(tmp_path, monkeypatch):
     make_tree(tmp_path)
     reads = []
-    original = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or original(self))
+    original = corpus_module.open_file
+    monkeypatch.setattr(corpus_module, "open_file", lambda path: reads.append(path.name) or original(path))
     with structlog.testing.capture_logs() as logs:
-        docs = list(iter_documents(tmp_path))
-    assert [d.text for d in docs] == ["first file", "second file", "third file"]
+        assert texts(tmp_path) == ["first file", "second file", "third file"]
     assert sorted(reads) == sorted(set(reads)) == ["b.txt", "blob.bin", "latin1.txt", "one.txt", "two.md"]
     skipped = {Path(e["path"]).name: e["reason"] for e in logs if e["event"] == "corpus_file_skipped"}
     assert skipped == {"blob.bin": "binary", "latin1.txt": "not utf-8"}
@@ -116,14 +117,14 @@ def test_documents_are_separated_by_the_end_of_text_token(tmp_path, kind):
 
 def test_include_and_exclude_globs(tmp_path):
     make_tree(tmp_path)
-    assert [d.text for d in iter_documents(tmp_path, include=("*.txt",))] == ["first file", "third file"]
-    assert [d.text for d in iter_documents(tmp_path, include=("*.txt",), exclude=("a/*",))] == ["third file"]
+    assert texts(tmp_path, include=("*.txt",)) == ["first file", "third file"]
+    assert texts(tmp_path, include=("*.txt",), exclude=("a/*",)) == ["third file"]
 
 
 def test_jsonl_and_squad_inputs(tmp_path):
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"text": "one"}\n\n{"text": "two", "id": 3}\n')
-    assert [d.text for d in iter_documents(jsonl)] == ["one", "two"]
+    assert texts(jsonl) == ["one", "two"]
     jsonl.write_text('{"text": "one"}\n{"body": "no text"}\n')
     with pytest.raises(UserError, match="docs.jsonl:2"):
         list(iter_documents(jsonl))
@@ -132,16 +133,15 @@ def test_jsonl_and_squad_inputs(tmp_path):
         "context": "Paris is in France.",
         "qas": [{"question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
                 {"question": "Where is Rome?", "answers": [], "is_impossible": True}]}]}]}))
-    (doc,) = iter_documents(squad)
-    assert doc.text == ("Paris is in France.\n\nQuestion: Where is Paris?\nAnswer: France\n"
-                        "Question: Where is Rome?\nAnswer: (no answer)")
+    assert texts(squad) == [("Paris is in France.\n\nQuestion: Where is Paris?\nAnswer: France\n"
+                        "Question: Where is Rome?\nAnswer: (no answer)")]
 
 
 def test_the_default_corpus_is_the_standard_library_source_under_a_cap():
-    docs = list(iter_documents(None, max_bytes=300_000))
-    assert docs and all(d.source.endswith(".py") for d in docs)
-    assert not any("/test/" in d.source or "/tests/" in d.source for d in docs)
-    assert 300_000 <= sum(len(d.text.encode()) for d in docs) < 300_000 + max(len(d.text.encode()) for d in docs)
+    docs = [(d.source, len(d.text.encode())) for d in iter_documents(None, max_bytes=300_000)]
+    assert docs and all(source.endswith(".py") for source, _ in docs)
+    assert not any("/test/" in source or "/tests/" in source for source, _ in docs)
+    assert 300_000 <= sum(size for _, size in docs) < 300_000 + max(size for _, size in docs)
 
 
 def test_missing_and_empty_inputs_are_refused(tmp_path):
