@@ -30,7 +30,8 @@ log = structlog.get_logger("cllm.ranks")
 
 POLL_FIRST_S, POLL_MAX_S = 10e-6, 200e-6  # a waiting collective is tested this often, backing off
 LOST_EXIT = 1  # the exit status of every rank when one is lost, as for any run that cannot go on
-ABORT_GRACE_S = 5.0  # MPI_Abort should end the process at once; past this, leave without it
+ABORT_GRACE_S = 5.0
+STAT_KEYS = ("batches", "tokens", "busy_s", "waiting_s")  # Node Zero's statistics, summed up the tree  # MPI_Abort should end the process at once; past this, leave without it
 
 
 def share(count: int, rank: int, size: int) -> tuple:
@@ -164,10 +165,32 @@ class Ranks:
 
     async def agree(self, decision: words.Decision) -> words.Decision:
         """Every rank's view of rank 0's decision (and of any rank's stop), at the same boundary."""
-        buffer = np.zeros(words.WORDS, dtype=np.float32)
+        buffer = np.zeros(words.WORDS, dtype=np.float64)
         words.write(buffer, decision, self.rank)
         await self.allreduce(buffer, "the agreement on a step boundary")
         return words.read(buffer)
+
+    async def sum_step(self, grad: np.ndarray, bounds: list, loss_sum: float, tokens: int,
+                       decision: words.Decision, step: int) -> tuple:
+        """A step's collectives: this rank's summed gradient ``grad`` (float32) summed over the ranks in
+        place, in the buckets ``bounds`` (see ``layer_buckets``), then, right behind it on the
+        communication thread, float64 words with the loss sum, the token count and the boundary's
+        decision (one latency more, and a loss summed in float64). Returns (loss_sum, tokens, decision)."""
+        sums = np.zeros(2 + words.WORDS, dtype=np.float64)
+        sums[0], sums[1] = loss_sum, tokens
+        words.write(sums[2:], decision, self.rank)
+        buckets = self.buckets(grad, bounds, f"the gradient allreduce of step {step}")
+        for k in range(len(bounds)):
+            buckets.ready(k)
+        await self.settle(buckets.issued + [self.submit(self.sum_in_place, sums)],
+                          f"the gradient allreduce of step {step}")
+        return float(sums[0]), int(round(sums[1])), words.read(sums[2:])
+
+    async def sum_scores(self, loss_sum: float, tokens: int) -> tuple:
+        """An evaluation's (loss sum, tokens) over the ranks, in float64."""
+        sums = np.array([loss_sum, tokens], dtype=np.float64)
+        await self.allreduce(sums, "the sum of the validation losses")
+        return float(sums[0]), int(round(sums[1]))
 
     async def gather(self, value, what: str):
         """Every rank's ``value`` (picklable) as a list on rank 0, None on the others."""
@@ -196,6 +219,20 @@ class Ranks:
     def stats(self) -> dict:
         return {"rank": self.rank, "communication_s": self.wait_s, "collective_s": self.busy_s,
                 "collectives": self.completed}
+
+    async def gather_stats(self, node_zero: dict):
+        """The run's statistics on rank 0, ranks at the top of the tree (rank, groups, workers), each rank
+        with its busy, waiting and communication seconds; None on the other ranks.
+
+        ``node_zero`` is this rank's Node Zero statistics: batches, tokens, busy_s, waiting_s, children.
+        """
+        mine = {"rank": self.rank, **{key: node_zero[key] for key in STAT_KEYS},
+                "communication_s": self.wait_s, "children": node_zero["children"]}
+        reports = await self.gather(mine, "the ranks' statistics")
+        if reports is None:
+            return None
+        return {"ranks": self.size, **{key: sum(r[key] for r in reports) for key in STAT_KEYS + ("communication_s",)},
+                "children": reports}
 
     # ----- faults -----
 
