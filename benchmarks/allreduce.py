@@ -108,7 +108,7 @@ def child(args) -> None:
 
     async def through_ranks():
         ranks = Ranks(MPI, comm, timeout=60.0)
-        await ranks.start()
+        ranks.start()
         results = {}
         for what in ("whole", "buckets"):
             times = []
@@ -155,7 +155,7 @@ def child(args) -> None:
             timed["compute_beside"].append(computed - started)
             timed["overlapped"].append(max(computed, reduced) - started)
         results.update({key: min(values) for key, values in timed.items()})
-        await ranks.close()
+        ranks.close()
         return results
 
     with threadpool_limits(1, user_api="blas"):

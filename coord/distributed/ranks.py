@@ -75,6 +75,7 @@ class Ranks:
         self.busy_s = 0.0  # time the communication thread spent inside MPI
         self.watch = PeerWatch(mpi, comm.Dup(), min(1.0, timeout / 10), lambda: (self.entered, self.completed))
         self.beating = None
+        self.stopping = threading.Event()
 
     @property
     def is_root(self) -> bool:
@@ -83,26 +84,26 @@ class Ranks:
     def share(self, count: int) -> tuple:
         return share(count, self.rank, self.size)
 
-    async def start(self) -> None:
+    def start(self) -> None:
         """Start the heartbeats, and log where every rank runs (the launcher names a dead rank by its pid)."""
-        self.beating = asyncio.get_running_loop().create_task(self.heartbeat(), name="rank-heartbeat")
-        where = await self.gather({"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()},
-                                  "the ranks' hosts")
+        self.beating = threading.Thread(target=self.heartbeat, name="rank-heartbeat", daemon=True)
+        self.beating.start()
+        where = self.run_sync("the ranks' hosts", self.comm.gather,
+                              {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()}, 0)
         if where is not None:
             log.info("ranks_joined", size=self.size, ranks=where)
 
-    async def close(self) -> None:
-        if self.beating is not None:
-            self.beating.cancel()
-            await asyncio.gather(self.beating, return_exceptions=True)
-            self.beating = None
-        await self.run("the closing barrier", self.barrier)
+    def close(self) -> None:
+        """After the last collective of the run: every rank stops here together."""
+        self.run_sync("the closing barrier", self.barrier)
+        self.stopping.set()
+        self.beating.join()
         self.thread.shutdown(wait=True)
 
-    async def heartbeat(self) -> None:
-        while True:
+    def heartbeat(self) -> None:
+        """On a thread of its own, so that ranks are heard from outside the event loop too (start-up, data)."""
+        while not self.stopping.wait(self.watch.interval):
             self.watch.beat()
-            await asyncio.sleep(self.watch.interval)
 
     # ----- collectives -----
 
@@ -136,6 +137,19 @@ class Ranks:
 
     async def run(self, what: str, fn, *args):
         return (await self.settle([self.submit(fn, *args)], what))[0]
+
+    def run_sync(self, what: str, fn, *args, timeout: float | None = None):
+        """A collective awaited by blocking this thread: before the event loop runs (start-up, the data)."""
+        seq, future = self.submit(fn, *args)
+        started = time.perf_counter()
+        try:
+            return future.result(timeout or self.timeout)
+        except TimeoutError:
+            self.lost(seq, what, time.perf_counter() - started)
+        except self.mpi.Exception as error:
+            self.lost(seq, what, time.perf_counter() - started, error)
+        finally:
+            self.wait_s += time.perf_counter() - started
 
     def sum_in_place(self, buffer: np.ndarray) -> None:
         self.finish(self.comm.Iallreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM))

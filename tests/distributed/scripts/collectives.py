@@ -17,7 +17,7 @@ from cllm.coord.errors import RunFailed, UserError
 
 async def main():
     ranks = join(timeout=20.0)
-    await ranks.start()
+    ranks.start()
     r, out = ranks.rank, {"rank": ranks.rank, "size": ranks.size, "share": ranks.share(7)}
 
     grad = np.arange(10, dtype=np.float32) * (r + 1)  # the sum over 2 ranks is 3 * arange
@@ -66,7 +66,7 @@ async def main():
     except RunFailed as error:
         out["diverged"] = str(error)
     out["collectives"] = ranks.stats()["collectives"]
-    await ranks.close()
+    ranks.close()
     print(json.dumps(out), file=sys.stderr if r else sys.stdout, flush=True)
 
 
