@@ -212,8 +212,11 @@ class Ranks:
 
     async def check_same(self, value: bytes, what: str) -> None:
         """UserError on every rank unless ``value`` is the same on all of them (settings, data, checkpoint)."""
-        digests = await self.run(f"the comparison of the ranks' {what}", self.comm.allgather,
-                                 hashlib.blake2b(value, digest_size=16).digest())
+        await self.run(f"the comparison of the ranks' {what}", self.same_everywhere, value, what)
+
+    def same_everywhere(self, value: bytes, what: str) -> None:
+        """``check_same``'s collective, on the communication thread."""
+        digests = self.comm.allgather(hashlib.blake2b(value, digest_size=16).digest())
         differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
         if differ:
             raise UserError(f"the {what} of rank {', '.join(map(str, differ))} differ from rank 0's: give every rank "
