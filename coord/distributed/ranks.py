@@ -28,8 +28,10 @@ from .watch import PeerWatch
 
 log = structlog.get_logger("cllm.ranks")
 
+POLL_FIRST_S, POLL_MAX_S = 10e-6, 200e-6  # a waiting collective is tested this often, backing off
 LOST_EXIT = 1  # the exit status of every rank when one is lost, as for any run that cannot go on
-ABORT_GRACE_S = 5.0  # MPI_Abort should end the process at once; past this, leave without it
+ABORT_GRACE_S = 5.0
+STAT_KEYS = ("batches", "tokens", "busy_s", "waiting_s")  # Node Zero's statistics, summed up the tree  # MPI_Abort should end the process at once; past this, leave without it
 
 
 def share(count: int, rank: int, size: int) -> tuple:
@@ -73,6 +75,7 @@ class Ranks:
         self.busy_s = 0.0  # time the communication thread spent inside MPI
         self.watch = PeerWatch(mpi, comm.Dup(), min(1.0, timeout / 10), lambda: (self.entered, self.completed))
         self.beating = None
+        self.stopping = threading.Event()
 
     @property
     def is_root(self) -> bool:
@@ -81,26 +84,26 @@ class Ranks:
     def share(self, count: int) -> tuple:
         return share(count, self.rank, self.size)
 
-    async def start(self) -> None:
+    def start(self) -> None:
         """Start the heartbeats, and log where every rank runs (the launcher names a dead rank by its pid)."""
-        self.beating = asyncio.get_running_loop().create_task(self.heartbeat(), name="rank-heartbeat")
-        where = await self.gather({"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()},
-                                  "the ranks' hosts")
+        self.beating = threading.Thread(target=self.heartbeat, name="rank-heartbeat", daemon=True)
+        self.beating.start()
+        where = self.run_sync("the ranks' hosts", self.comm.gather,
+                              {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()}, 0)
         if where is not None:
             log.info("ranks_joined", size=self.size, ranks=where)
 
-    async def close(self) -> None:
-        if self.beating is not None:
-            self.beating.cancel()
-            await asyncio.gather(self.beating, return_exceptions=True)
-            self.beating = None
-        await self.run("the closing barrier", self.comm.Barrier)
+    def close(self) -> None:
+        """After the last collective of the run: every rank stops here together."""
+        self.run_sync("the closing barrier", self.barrier)
+        self.stopping.set()
+        self.beating.join()
         self.thread.shutdown(wait=True)
 
-    async def heartbeat(self) -> None:
-        while True:
+    def heartbeat(self) -> None:
+        """On a thread of its own, so that ranks are heard from outside the event loop too (start-up, data)."""
+        while not self.stopping.wait(self.watch.interval):
             self.watch.beat()
-            await asyncio.sleep(self.watch.interval)
 
     # ----- collectives -----
 
@@ -135,8 +138,37 @@ class Ranks:
     async def run(self, what: str, fn, *args):
         return (await self.settle([self.submit(fn, *args)], what))[0]
 
+    def run_sync(self, what: str, fn, *args, timeout: float | None = None):
+        """A collective awaited by blocking this thread: before the event loop runs (start-up, the data)."""
+        seq, future = self.submit(fn, *args)
+        started = time.perf_counter()
+        try:
+            return future.result(timeout or self.timeout)
+        except TimeoutError:
+            self.lost(seq, what, time.perf_counter() - started)
+        except self.mpi.Exception as error:
+            self.lost(seq, what, time.perf_counter() - started, error)
+        finally:
+            self.wait_s += time.perf_counter() - started
+
     def sum_in_place(self, buffer: np.ndarray) -> None:
-        self.comm.Allreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM)
+        self.finish(self.comm.Iallreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM))
+
+    def barrier(self) -> None:
+        self.finish(self.comm.Ibarrier())
+
+    @staticmethod
+    def finish(request) -> None:
+        """Wait for a non-blocking collective by testing it between short sleeps.
+
+        MPICH's blocking calls spin a core while they wait for a late peer, and a spinning
+        communication thread halves the speed of a worker beside it; polling costs at most a
+        fifth of a millisecond once the data can move.
+        """
+        pause = POLL_FIRST_S
+        while not request.Test():
+            time.sleep(pause)
+            pause = min(2 * pause, POLL_MAX_S)
 
     async def allreduce(self, buffer: np.ndarray, what: str) -> None:
         """Sum a contiguous float32 or float64 ``buffer`` over the ranks, in place."""
@@ -147,10 +179,32 @@ class Ranks:
 
     async def agree(self, decision: words.Decision) -> words.Decision:
         """Every rank's view of rank 0's decision (and of any rank's stop), at the same boundary."""
-        buffer = np.zeros(words.WORDS, dtype=np.float32)
+        buffer = np.zeros(words.WORDS, dtype=np.float64)
         words.write(buffer, decision, self.rank)
         await self.allreduce(buffer, "the agreement on a step boundary")
         return words.read(buffer)
+
+    async def sum_step(self, grad: np.ndarray, bounds: list, loss_sum: float, tokens: int,
+                       decision: words.Decision, step: int) -> tuple:
+        """A step's collectives: this rank's summed gradient ``grad`` (float32) summed over the ranks in
+        place, in the buckets ``bounds`` (see ``layer_buckets``), then, right behind it on the
+        communication thread, float64 words with the loss sum, the token count and the boundary's
+        decision (one latency more, and a loss summed in float64). Returns (loss_sum, tokens, decision)."""
+        sums = np.zeros(2 + words.WORDS, dtype=np.float64)
+        sums[0], sums[1] = loss_sum, tokens
+        words.write(sums[2:], decision, self.rank)
+        buckets = self.buckets(grad, bounds, f"the gradient allreduce of step {step}")
+        for k in range(len(bounds)):
+            buckets.ready(k)
+        await self.settle(buckets.issued + [self.submit(self.sum_in_place, sums)],
+                          f"the gradient allreduce of step {step}")
+        return float(sums[0]), int(round(sums[1])), words.read(sums[2:])
+
+    async def sum_scores(self, loss_sum: float, tokens: int) -> tuple:
+        """An evaluation's (loss sum, tokens) over the ranks, in float64."""
+        sums = np.array([loss_sum, tokens], dtype=np.float64)
+        await self.allreduce(sums, "the sum of the validation losses")
+        return float(sums[0]), int(round(sums[1]))
 
     async def gather(self, value, what: str):
         """Every rank's ``value`` (picklable) as a list on rank 0, None on the others."""
@@ -158,8 +212,11 @@ class Ranks:
 
     async def check_same(self, value: bytes, what: str) -> None:
         """UserError on every rank unless ``value`` is the same on all of them (settings, data, checkpoint)."""
-        digests = await self.run(f"the comparison of the ranks' {what}", self.comm.allgather,
-                                 hashlib.blake2b(value, digest_size=16).digest())
+        await self.run(f"the comparison of the ranks' {what}", self.same_everywhere, value, what)
+
+    def same_everywhere(self, value: bytes, what: str) -> None:
+        """``check_same``'s collective, on the communication thread."""
+        digests = self.comm.allgather(hashlib.blake2b(value, digest_size=16).digest())
         differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
         if differ:
             raise UserError(f"the {what} of rank {', '.join(map(str, differ))} differ from rank 0's: give every rank "
@@ -179,6 +236,20 @@ class Ranks:
     def stats(self) -> dict:
         return {"rank": self.rank, "communication_s": self.wait_s, "collective_s": self.busy_s,
                 "collectives": self.completed}
+
+    async def gather_stats(self, node_zero: dict):
+        """The run's statistics on rank 0, ranks at the top of the tree (rank, groups, workers), each rank
+        with its busy, waiting and communication seconds; None on the other ranks.
+
+        ``node_zero`` is this rank's Node Zero statistics: batches, tokens, busy_s, waiting_s, children.
+        """
+        mine = {"rank": self.rank, **{key: node_zero[key] for key in STAT_KEYS},
+                "communication_s": self.wait_s, "children": node_zero["children"]}
+        reports = await self.gather(mine, "the ranks' statistics")
+        if reports is None:
+            return None
+        return {"ranks": self.size, **{key: sum(r[key] for r in reports) for key in STAT_KEYS + ("communication_s",)},
+                "children": reports}
 
     # ----- faults -----
 

@@ -1,6 +1,6 @@
 """Heartbeats between ranks, so that a collective that times out can name the rank at fault.
 
-Every ``interval`` seconds the event loop of each rank sends every other rank two numbers, the
+Every ``interval`` seconds a thread of each rank sends every other rank two numbers, the
 sequence numbers of the last collective its communication thread entered and completed, on a
 communicator of its own (a few bytes; N·(N-1) messages a second in all). Collectives are
 numbered in the order they are issued, the same on every rank. When a collective of number
@@ -8,6 +8,7 @@ numbered in the order they are issued, the same on every rank. When a collective
 heard from whose last entered collective is below ``seq`` is alive but never reached it.
 """
 
+import threading
 import time
 
 import numpy as np
@@ -25,9 +26,14 @@ class PeerWatch:
         self.sending = []  # (request, buffer): a buffer must live until its send completes
         self.incoming = np.zeros(2, dtype=np.int64)
         self.status = mpi.Status()
+        self.lock = threading.Lock()  # the heartbeat thread beats; a failing collective looks too
 
     def beat(self) -> None:
         """Send this rank's progress to every peer and take what has arrived; never blocks."""
+        with self.lock:
+            self.exchange()
+
+    def exchange(self) -> None:
         entered, completed = self.progress()
         for peer in self.peers:
             buffer = np.array([entered, completed], dtype=np.int64)

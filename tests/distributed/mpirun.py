@@ -30,4 +30,6 @@ def script(name: str) -> Path:
 
 
 def json_lines(text: str) -> list:
-    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    """The JSON objects at the start of lines; mpiexec may put its own words after one before the newline."""
+    decoder = json.JSONDecoder()
+    return [decoder.raw_decode(line)[0] for line in text.splitlines() if line.startswith("{")]

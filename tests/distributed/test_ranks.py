@@ -25,6 +25,13 @@ def test_collectives_sum_agree_gather_and_check_on_two_ranks():
         assert out["any_rank_stops"] == {**out["quiet"], "stop": True}
         assert "settings of rank 1 differ from rank 0's" in out["different_settings"]
         assert out["diverged"].startswith("at step 200 the weights of rank 1 differ from rank 0's")
+        assert out["step"] == [[1.5], 21.5, 128, {**out["quiet"], "checkpoint": True}]
+        assert out["scores"] == [7.5, 200]
+    stats = seen[0]["stats"]  # rank -> groups -> workers, each rank with its communication time
+    assert stats["ranks"] == 2 and stats["batches"] == 4 and stats["busy_s"] == 3.0
+    assert [child["rank"] for child in stats["children"]] == [0, 1]
+    assert all(child["communication_s"] > 0 and child["children"][0]["sphere"] == 1 for child in stats["children"])
+    assert seen[1]["stats"] is None
     assert seen[0]["gathered"] == [{"rank": 0, "busy_s": 0.0}, {"rank": 1, "busy_s": 1.5}]
     assert seen[1]["gathered"] is None
     assert seen[0]["collectives"] == seen[1]["collectives"]
@@ -68,3 +75,27 @@ def test_a_dead_rank_ends_the_other_with_or_without_the_launchers_cleanup():
     assert run.returncode != 0 and seconds < TIMEOUT + 20
     lost = [e for e in json_lines(run.stdout) if e.get("event") == "rank_lost"]
     assert all(e["failed"] == [1] and "has not been heard from" in e["reason"] for e in lost)
+
+
+def corpus_run(tmp_path, layout: str) -> dict:
+    text = "".join(f"line {i}: the quick brown fox jumps over the lazy dog {i * i}\n" for i in range(2000))
+    (tmp_path / "corpus.txt").write_text(text)
+    (tmp_path / "other.txt").write_text(text.upper())
+    run = mpiexec(script("corpus"), tmp_path / "corpus.txt", tmp_path, layout)
+    assert run.returncode == 0, run.stderr
+    return {out["rank"]: out for out in json_lines(run.stdout) + json_lines(run.stderr)}
+
+
+def test_rank_0_alone_writes_the_token_cache_and_every_rank_trains_on_its_ids(tmp_path):
+    seen = corpus_run(tmp_path, "shared")  # one cache directory both ranks see: rank 1 reads rank 0's entry
+    assert seen[0]["entry"] == seen[1]["entry"] and seen[0]["digest"] == seen[1]["digest"]
+    assert len(seen[0]["cache"]) == 1
+    seen = corpus_run(tmp_path, "per-rank")  # a cache of its own per rank: rank 1 encodes in a scratch directory
+    assert seen[0]["digest"] == seen[1]["digest"] and seen[0]["tokens"] == seen[1]["tokens"]
+    assert len(seen[0]["cache"]) == 1 and seen[1]["cache"] is None
+
+
+def test_ranks_given_different_corpora_refuse_to_train(tmp_path):
+    seen = corpus_run(tmp_path, "different")
+    assert seen[0]["error"] == seen[1]["error"] == ("the token ids of the corpus of rank 1 differ from rank 0's: give "
+                                                    "every rank the same command line, configuration and data")

@@ -17,7 +17,7 @@ from cllm.coord.errors import RunFailed, UserError
 
 async def main():
     ranks = join(timeout=20.0)
-    await ranks.start()
+    ranks.start()
     r, out = ranks.rank, {"rank": ranks.rank, "size": ranks.size, "share": ranks.share(7)}
 
     grad = np.arange(10, dtype=np.float32) * (r + 1)  # the sum over 2 ranks is 3 * arange
@@ -41,6 +41,15 @@ async def main():
     out["rank0_decides"] = vars(await ranks.agree(asked))
     out["any_rank_stops"] = vars(await ranks.agree(Decision(stop=r == 1)))
 
+    grad = np.full(1000, 0.5 * (r + 1), dtype=np.float32)
+    loss_sum, tokens, decision = await ranks.sum_step(grad, [(600, 1000), (0, 600)], 10.25 + r, 64,
+                                                      Decision(checkpoint=r == 0), step=7)
+    out["step"] = [sorted(set(grad.tolist())), loss_sum, tokens, vars(decision)]
+    out["scores"] = await ranks.sum_scores(2.5 * (r + 1), 100)
+    node_zero = {"batches": 2, "tokens": 256, "busy_s": 1.0 + r, "waiting_s": 0.25,
+                 "children": [{"sphere": 1, "group": 0, "batches": 2, "tokens": 256, "busy_s": 1.0 + r,
+                               "waiting_s": 0.25, "children": []}]}
+    out["stats"] = await ranks.gather_stats(node_zero)
     out["gathered"] = await ranks.gather({"rank": r, "busy_s": 1.5 * r}, "statistics")
     await ranks.check_same(b"same settings", "settings")
     try:
@@ -57,7 +66,7 @@ async def main():
     except RunFailed as error:
         out["diverged"] = str(error)
     out["collectives"] = ranks.stats()["collectives"]
-    await ranks.close()
+    ranks.close()
     print(json.dumps(out), file=sys.stderr if r else sys.stdout, flush=True)
 
 

@@ -20,7 +20,7 @@ FAIL_AT = 3
 async def main(mode: str, timeout: float):
     ranks = join(timeout)
     configure("json", rank=ranks.rank)
-    await ranks.start()
+    ranks.start()
     grad = np.ones(1 << 18, dtype=np.float32)
     for step in range(1, 1000):
         if ranks.rank == 1 and step == FAIL_AT:
