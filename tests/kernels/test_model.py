@@ -32,8 +32,14 @@ def batch(cfg, B, T, seed):
     return tokens, targets
 
 
-@pytest.mark.parametrize("cfg", FAMILY.values(), ids=FAMILY.keys())
-def test_whole_model_gradient_matches_finite_differences(cfg):
+# each member of the family, and dropout: its masks are fixed by (key, row), so finite differences see them too
+GRADIENT_CASES = {name: (cfg, None) for name, cfg in FAMILY.items()}
+GRADIENT_CASES["untied head with dropout"] = (FAMILY["untied head"], Dropout(p=0.3, key=step_key(seed=1, step=7),
+                                                                             first_row=4))
+
+
+@pytest.mark.parametrize("cfg, drop", GRADIENT_CASES.values(), ids=GRADIENT_CASES.keys())
+def test_whole_model_gradient_matches_finite_differences(cfg, drop):
     layout = ParamLayout(cfg)
     params = init_params(cfg, seed=3, dtype=np.float64)
     # larger weights than GPT-2's init so that every path carries signal
@@ -43,34 +49,18 @@ def test_whole_model_gradient_matches_finite_differences(cfg):
     w = layout.tensors(params)
     grad = np.full(layout.size, np.nan)  # every element must be written
     n = tokens.size
-    forward_backward(w, layout.tensors(grad), acts, tokens, targets, 1.0 / n)
-    assert np.all(np.isfinite(grad))
-    idx, numeric = numerical_grad(lambda: loss_sum(w, acts, tokens, targets) / n, params, n_probe=400)
+
+    def mean_loss():
+        return float(crossentropy_forward(forward(w, acts, tokens, drop), targets.reshape(-1))) / n
+
+    total = forward_backward(w, layout.tensors(grad), acts, tokens, targets, 1.0 / n, drop)
+    assert np.all(np.isfinite(grad)) and mean_loss() == pytest.approx(total / n, rel=1e-12)
+    if drop is not None:  # the mask does something
+        assert total != pytest.approx(loss_sum(w, acts, tokens, targets), rel=1e-3)
+    idx, numeric = numerical_grad(mean_loss, params, n_probe=400)
     assert_grad_close(grad[idx], numeric, rtol=1e-4, atol=1e-8)
     # the unused position rows (T=5 of block_size 6) get exactly zero
     assert np.all(layout.views(grad)["wpe.weight"][5:] == 0.0)
-
-
-def test_gradient_with_dropout_matches_finite_differences_of_the_same_mask():
-    cfg = FAMILY["untied head"]
-    layout = ParamLayout(cfg)
-    params = init_params(cfg, seed=3, dtype=np.float64)
-    params += np.random.default_rng(4).normal(scale=0.3, size=params.shape)
-    tokens, targets = batch(cfg, B=2, T=5, seed=5)
-    acts = Activations(cfg, 2, 5, dtype=np.float64)
-    w = layout.tensors(params)
-    drop = Dropout(p=0.3, key=step_key(seed=1, step=7), first_row=4)
-    grad = np.full(layout.size, np.nan)
-    n = tokens.size
-    with_dropout = forward_backward(w, layout.tensors(grad), acts, tokens, targets, 1.0 / n, drop)
-    assert with_dropout != pytest.approx(loss_sum(w, acts, tokens, targets), rel=1e-3)  # the mask does something
-
-    def dropped_loss():
-        return float(crossentropy_forward(forward(w, acts, tokens, drop), targets.reshape(-1))) / n
-
-    assert dropped_loss() == pytest.approx(with_dropout / n, rel=1e-12)
-    idx, numeric = numerical_grad(dropped_loss, params, n_probe=400)
-    assert_grad_close(grad[idx], numeric, rtol=1e-4, atol=1e-8)
 
 
 def test_an_untied_head_is_its_own_matrix_after_the_blocks():
