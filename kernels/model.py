@@ -130,15 +130,13 @@ def init_params(cfg: GPTConfig, seed: int, dtype=np.float32) -> np.ndarray:
 
 def activation_shapes(cfg: GPTConfig, B: int, T: int) -> dict:
     """name -> shape of every buffer a worker needs for a micro-batch of B sequences of T tokens."""
-    L, C, H, V, hs = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.head_size
+    L, C, H, V = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size
     N = B * T
     return {
         "encoded": (N, C),
         "ln_1": (L, N, C), "ln_1_mean": (L, N), "ln_1_rstd": (L, N),
         "qkv": (L, N, 3 * C),
-        "q": (L, B, H, T, hs), "k": (L, B, H, T, hs), "v": (L, B, H, T, hs), "y": (L, B, H, T, hs),
-        "att": (L, B, H, T, T),
-        "atty": (L, N, C),
+        "atty": (L, N, C), "lse": (L, B, H, T),
         "residual_2": (L, N, C),
         "ln_2": (L, N, C), "ln_2_mean": (L, N), "ln_2_rstd": (L, N),
         "fch": (L, N, 4 * C), "fch_gelu": (L, N, 4 * C),
@@ -147,8 +145,6 @@ def activation_shapes(cfg: GPTConfig, B: int, T: int) -> dict:
         "logits": (N, V),
         # backward scratch, reused by every layer
         "dresidual": (N, C), "dln": (N, C), "datty": (N, C), "dqkv": (N, 3 * C), "dfch": (N, 4 * C),
-        "dq": (B, H, T, hs), "dk": (B, H, T, hs), "dv": (B, H, T, hs), "dy": (B, H, T, hs),
-        "datt": (B, H, T, T),
     }
 
 
@@ -161,7 +157,7 @@ class Activations:
     """One worker's buffers for a micro-batch of B sequences of T tokens, allocated once."""
 
     def __init__(self, cfg: GPTConfig, B: int, T: int, dtype=np.float32):
-        self.B, self.T = B, T
+        self.cfg, self.B, self.T = cfg, B, T
         for name, shape in activation_shapes(cfg, B, T).items():
             setattr(self, name, np.zeros(shape, dtype=dtype))
 
@@ -169,13 +165,13 @@ class Activations:
 def forward(w: Tensors, acts: Activations, tokens: np.ndarray) -> np.ndarray:
     """tokens (B,T) int32 -> logits (B*T,V), a view of ``acts.logits``."""
     B, T = tokens.shape
+    H = acts.cfg.n_head
     encoder_forward(acts.encoded, tokens, w.wte, w.wpe)
     residual = acts.encoded
     for l, p in enumerate(w.blocks):
         layernorm_forward(acts.ln_1[l], acts.ln_1_mean[l], acts.ln_1_rstd[l], residual, p.ln_1_weight, p.ln_1_bias, LN_EPS)
         linear_forward(acts.qkv[l], acts.ln_1[l], p.c_attn_weight, p.c_attn_bias)
-        attention_forward(acts.atty[l].reshape(B, T, -1), acts.q[l], acts.k[l], acts.v[l], acts.att[l], acts.y[l],
-                          acts.qkv[l].reshape(B, T, -1))
+        attention_forward(acts.atty[l].reshape(B, T, -1), acts.lse[l], acts.qkv[l].reshape(B, T, -1), H)
         linear_residual_forward(acts.residual_2[l], acts.atty[l], p.attn_c_proj_weight, p.attn_c_proj_bias, residual)
         layernorm_forward(acts.ln_2[l], acts.ln_2_mean[l], acts.ln_2_rstd[l], acts.residual_2[l], p.ln_2_weight,
                           p.ln_2_bias, LN_EPS)
@@ -204,6 +200,7 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
     gradient of the mean loss.
     """
     B, T = tokens.shape
+    H = acts.cfg.n_head
     logits = forward(w, acts, tokens)
     total = float(crossentropy_forward_backward(logits, targets.reshape(-1), dloss))
     dlogits = logits
@@ -227,8 +224,8 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
         # attention: residual_2 = residual + proj(attn(ln_1(residual)))
         linear_backward(acts.datty, q.attn_c_proj_weight, q.attn_c_proj_bias, dres, acts.atty[l],
                         p.attn_c_proj_weight)
-        attention_backward(acts.dqkv.reshape(B, T, -1), acts.datty.reshape(B, T, -1), acts.q[l], acts.k[l],
-                           acts.v[l], acts.att[l], acts.dq, acts.dk, acts.dv, acts.dy, acts.datt)
+        attention_backward(acts.dqkv.reshape(B, T, -1), acts.datty.reshape(B, T, -1), acts.qkv[l].reshape(B, T, -1),
+                           acts.atty[l].reshape(B, T, -1), acts.lse[l], H)
         linear_backward(acts.dln, q.c_attn_weight, q.c_attn_bias, acts.dqkv, acts.ln_1[l], p.c_attn_weight)
         layernorm_backward(dres, q.ln_1_weight, q.ln_1_bias, acts.dln, residual, p.ln_1_weight, acts.ln_1_mean[l],
                            acts.ln_1_rstd[l])
