@@ -7,19 +7,17 @@ probabilities tile by tile from it. A worker's memory is linear in T: one head's
 and values plus a few tiles. Heads are read from and written to the (B,T,3C) qkv layout
 in place, so there are no split/merge copies.
 
-Two options (GPT-2 fine-tuning needs both): ``score_scale`` multiplies the usual
-1/sqrt(head_size) (``scale_attn_by_inverse_layer_idx`` passes 1/(layer+1)), and
-``dropout`` drops attention probabilities with a mask that is a pure function of
-(``dropout_key``, global row = ``row_offset`` + b, head, query, key): the backward pass
-recomputes it, and it does not depend on how the batch is split across workers.
+Scores are q.k * ``scale`` (GPT-2: 1/sqrt(head size), and 1/(layer+1) more with
+``scale_attn_by_inverse_layer_idx``). With ``drop`` = ``Dropout.at(attention_site(layer))``
+the probabilities go through dropout, each decision hashed from (site key, global row,
+head, query, key) as in ``dropout.py``: the backward pass recomputes the mask, and it does
+not depend on how the batch is split across workers.
 """
-
-import math
 
 import numpy as np
 
 from .jit import kernel
-from .rng import drop_threshold, keep, stream
+from .dropout import chain, keep_factor
 from .vecmath import exp
 
 TQ = 32  # queries per tile
@@ -107,7 +105,7 @@ def accumulate_columns(out, coef, src, n_out, n_r, j0):
 
 
 @kernel
-def flash_forward(out, lse, qkv, n_head, scale, threshold, keep_scale, key, row_offset):
+def flash_forward(out, lse, qkv, n_head, scale, key, first_row, threshold, keep_scale):
     # qkv (B,T,3C) -> out (B,T,C); lse (B,H,T) the log-sum-exp of each row's scaled scores
     B, T, C3 = qkv.shape
     C = C3 // 3
@@ -127,7 +125,7 @@ def flash_forward(out, lse, qkv, n_head, scale, threshold, keep_scale, key, row_
             qc, kc, vc = h * hs, C + h * hs, 2 * C + h * hs
             load_head_transposed(kt, qkv, b, kc)
             load_head(v, qkv, b, 0, vc, t(1.0))
-            sid = stream(key, row_offset + b, h)
+            head_key = chain(chain(key, first_row + b), h)
             for i0 in range(0, T, TQ):
                 nq = min(TQ, T - i0)
                 nq4 = (nq + 3) // 4 * 4
@@ -159,8 +157,9 @@ def flash_forward(out, lse, qkv, n_head, scale, threshold, keep_scale, key, row_
                         l[i] = l[i] * alpha + total
                         m[i] = mx
                         if threshold > 0:
+                            seed = chain(head_key, i0 + i)
                             for j in range(n_vis):
-                                row[j] = row[j] * ks if keep(sid, i0 + i, j0 + j, threshold) else t(0.0)
+                                row[j] *= keep_factor(seed, j0 + j, threshold, ks)
                         for d in range(hs):
                             o[i, d] *= alpha
                     accumulate_rows(o, s, v, nq4, nk, j0)
@@ -172,7 +171,7 @@ def flash_forward(out, lse, qkv, n_head, scale, threshold, keep_scale, key, row_
 
 
 @kernel
-def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, threshold, keep_scale, key, row_offset):
+def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, threshold, keep_scale):
     # dout (B,T,C) -> dqkv (B,T,3C), overwritten; qkv, out, lse as the forward pass left them
     B, T, C3 = qkv.shape
     C = C3 // 3
@@ -199,7 +198,7 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, threshold, keep_sca
             load_head(k, qkv, b, 0, kc, t(1.0))
             dk[:] = 0.0
             dv[:] = 0.0
-            sid = stream(key, row_offset + b, h)
+            head_key = chain(chain(key, first_row + b), h)
             for i0 in range(0, T, TQ):
                 nq = min(TQ, T - i0)
                 nq4 = (nq + 3) // 4 * 4
@@ -224,14 +223,14 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, threshold, keep_sca
                         for j in range(n_vis):
                             pi[j] = exp(pi[j] - row_lse)  # the probability, recomputed
                         if threshold > 0:
+                            seed = chain(head_key, i0 + i)
                             for j in range(n_vis):
-                                if not keep(sid, i0 + i, j0 + j, threshold):
-                                    dsi[j] = 0.0
-                        for j in range(n_vis):
-                            dsi[j] = pi[j] * (dsi[j] * ks - rowdot[i])  # the score's gradient
-                        if threshold > 0:
+                                factor = keep_factor(seed, j0 + j, threshold, ks)
+                                dsi[j] = pi[j] * (dsi[j] * factor - rowdot[i])  # the score's gradient
+                                pi[j] *= factor  # what the forward pass multiplied v by
+                        else:
                             for j in range(n_vis):
-                                pi[j] = pi[j] * ks if keep(sid, i0 + i, j0 + j, threshold) else t(0.0)
+                                dsi[j] = pi[j] * (dsi[j] - rowdot[i])
                         pi[n_vis:nk4] = 0.0
                         dsi[n_vis:nk4] = 0.0
                     accumulate_columns(dv, p, do, nk4, nq, j0)
@@ -246,19 +245,15 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, threshold, keep_sca
                     dqkv[b, i, vc + d] = dv[i, d]
 
 
-def attention_forward(out, lse, qkv, n_head, score_scale=1.0, dropout=0.0, dropout_key=0, row_offset=0):
-    """qkv (B,T,3C) -> out (B,T,C); lse (B,H,T) is kept for the backward pass.
-
-    ``out`` may be a strided view. ``dropout`` is the probability of dropping an attention
-    probability, ``row_offset`` the global index of row 0 in the step's batch.
-    """
-    hs = qkv.shape[2] // 3 // n_head
-    flash_forward(out, lse, qkv, n_head, score_scale / math.sqrt(hs), np.uint64(drop_threshold(dropout)),
-                  1.0 / (1.0 - dropout), np.uint64(dropout_key), row_offset)
+NO_DROPOUT = (np.uint64(0), 0, 0, 1.0)
 
 
-def attention_backward(dqkv, dout, qkv, out, lse, n_head, score_scale=1.0, dropout=0.0, dropout_key=0, row_offset=0):
-    """Overwrite dqkv (B,T,3C) from dout (B,T,C), with the forward pass's arguments."""
-    hs = qkv.shape[2] // 3 // n_head
-    flash_backward(dqkv, dout, qkv, out, lse, n_head, score_scale / math.sqrt(hs), np.uint64(drop_threshold(dropout)),
-                   1.0 / (1.0 - dropout), np.uint64(dropout_key), row_offset)
+def attention_forward(out, lse, qkv, n_head, scale, drop=None):
+    """qkv (B,T,3C) -> out (B,T,C), which may be a strided view; lse (B,H,T) is kept for the
+    backward pass. ``drop``: (key, first_row, threshold, scale) from ``Dropout.at``, or None."""
+    flash_forward(out, lse, qkv, n_head, scale, *(drop or NO_DROPOUT))
+
+
+def attention_backward(dqkv, dout, qkv, out, lse, n_head, scale, drop=None):
+    """Overwrite dqkv (B,T,3C) from dout (B,T,C), given the forward pass's arguments and results."""
+    flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, *(drop or NO_DROPOUT))

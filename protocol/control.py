@@ -10,6 +10,7 @@ STATS_REQUEST, ``checkpoint`` a checkpoint TWIN_PRIME_HIT); ``decode_request`` n
 """
 
 import json
+import math
 from dataclasses import dataclass
 
 from .wire import MAX_LINE_BYTES, VERSION, WireError
@@ -42,21 +43,39 @@ def encode_request(request: ControlRequest) -> bytes:
 
 
 def encode_reply(request_id: int, result=None, error: WireError | None = None) -> bytes:
+    """One reply line; a float that is not finite (a loss gone to NaN) travels as null, as strict JSON has it."""
     body = {"v": VERSION, "id": request_id, "ok": error is None}
     if error is None:
-        body["result"] = result
+        body["result"] = finite(result)
     else:
         body["error"] = {"code": error.code, "detail": error.detail}
     return (json.dumps(body, separators=(",", ":"), allow_nan=False, default=str) + "\n").encode()
 
 
+def finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
 def decode_reply(line: bytes) -> dict | WireError:
+    """A reply ({"ok": true, "result": ...} or {"ok": false, "error": {"code", "detail"}}), or why it is not one."""
     try:
         body = json.loads(line)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:  # a UnicodeDecodeError is a ValueError
         return WireError("malformed", f"not JSON: {error}")
-    if not isinstance(body, dict) or "ok" not in body:
-        return WireError("malformed", "a reply is an object with 'ok'")
+    if not isinstance(body, dict) or type(body.get("ok")) is not bool:
+        return WireError("malformed", "a reply is an object with 'ok' true or false")
+    if body["ok"] and "result" not in body:
+        return WireError("malformed", "a reply with 'ok' true carries a 'result'")
+    error = body.get("error")
+    if not body["ok"] and not (isinstance(error, dict) and type(error.get("code")) is str
+                               and type(error.get("detail")) is str):
+        return WireError("malformed", "a reply with 'ok' false carries an 'error' with 'code' and 'detail'")
     return body
 
 
@@ -77,8 +96,8 @@ def decode_request(line: bytes) -> ControlRequest | WireError:
         return WireError("bad_field", "'id' must be a non-negative integer")
     if set(body) - {"v", "id", "command", "args"}:
         return WireError("bad_field", f"unknown fields {sorted(set(body) - {'v', 'id', 'command', 'args'})}")
-    if command not in COMMANDS:
-        return WireError("unknown_command", f"{command!r} is not one of {', '.join(COMMANDS)}")
+    if type(command) is not str or command not in COMMANDS:
+        return WireError("unknown_command", f"{str(command)[:64]!r} is not one of {', '.join(COMMANDS)}")
     if not isinstance(args, dict):
         return WireError("bad_args", "'args' must be an object")
     schema = COMMANDS[command]

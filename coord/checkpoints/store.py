@@ -1,109 +1,120 @@
-"""Checkpoints: a directory the Hugging Face ecosystem loads as a GPT-2 model.
+"""Checkpoints: a directory the Hugging Face ecosystem loads as a GPT-2 model and its tokenizer.
 
 ``model.safetensors`` holds the tensors under their GPT-2 names (``transformer.wte.weight``,
-``transformer.h.0.attn.c_attn.weight`` in the Conv1D (in, out) layout, ...), ``config.json``
-is a GPT-2 config, the tokenizer sits beside them (``tokenizer.json`` or ``vocab.json``),
-and ``training_state.npz`` carries what exact resumption needs.
+``transformer.h.0.attn.c_attn.weight`` in the Conv1D (in, out) layout, ..., ``lm_head.weight``
+when the head is untied), ``config.json`` is a GPT-2 config, ``tokenizer.json`` and the files
+transformers reads beside it (``tokenizer_config.json``, ``special_tokens_map.json``,
+``generation_config.json``) sit beside them, and ``training_state.npz`` carries what exact
+resumption needs. Loading reads any Hugging Face GPT-2 directory the same way (see hf.py).
 
-A checkpoint is written into a temporary directory beside its final place, flushed to
-disk and renamed into place, so a crash at any moment leaves the previous one whole.
+A checkpoint is written into a scratch directory beside its final place; every file is
+flushed to disk, then the completion marker ``checkpoint_complete.json`` (which lists every
+other file and its size) is written last, and the directory is renamed into place, swapped
+with an older one of the same step in one atomic step. A checkpoint is complete only with
+its marker, and pruning renames a checkpoint away before deleting it: a crash at any moment
+leaves every listed checkpoint whole. Loading a run directory takes its newest checkpoint
+that loads, with one warning naming those it passed over.
 """
 
 import json
 import os
 import re
-import shutil
 import zipfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
-from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+import structlog
+from safetensors.numpy import save_file
 
-from cllm.kernels.model import GPTConfig, ParamLayout
+from cllm.kernels.model import GPTConfig
 
 from ..errors import UserError
 from ..data.tokenizer import load_tokenizer
+from ..files import Scratch, discard, remove_stale, replace_directory, scratch_name, write_atomically
+from .hf import CONFIG_FILE, WEIGHTS_FILE, hf_config, hf_tensors, read_config, read_weights, tokenizer_side_files
 
-PREFIX = "transformer."
+log = structlog.get_logger("cllm.checkpoints")
+
 BEST_FILE = "best.json"
 STATE_FILE = "training_state.npz"
+MARKER = "checkpoint_complete.json"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
+SCRATCH = ".checkpoint-*.tmp-*"
 
 
-def gpt2_config(cfg: GPTConfig, eos_id) -> dict:
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.block_size,
-        "n_ctx": cfg.block_size,
-        "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "layer_norm_epsilon": 1e-5,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
-        "bos_token_id": eos_id,
-        "eos_token_id": eos_id,
-        "torch_dtype": "float32",
-    }
+class Checkpoint(NamedTuple):
+    """A loaded checkpoint: the model's config, its flat float32 parameters, its tokenizer, its directory."""
+
+    model: GPTConfig
+    params: np.ndarray
+    tokenizer: object
+    path: Path
 
 
-def fsync_tree(path: Path) -> None:
-    for item in path.iterdir():
-        with open(item, "rb") as f:
-            os.fsync(f.fileno())
-    fd = os.open(path, os.O_RDONLY)
+class TrainingState(NamedTuple):
+    """What a checkpoint keeps for resuming: optimizer moments and step, the run's counters
+    (step, best_val, best_step, evals_since_best, bad_in_row) and the run's settings by name."""
+
+    optimizer_state: np.ndarray
+    optimizer_step: int
+    run_state: np.ndarray
+    settings: dict
+
+    @property
+    def step(self) -> int:
+        return int(self.run_state[0])
+
+
+def write_marker(directory: Path, step: int) -> None:
+    """Flush every file of ``directory`` to disk, then write the completion marker listing them."""
+    files = {}
+    for item in sorted(directory.rglob("*")):
+        if item.is_file():
+            with open(item, "rb") as f:
+                os.fsync(f.fileno())
+            files[str(item.relative_to(directory))] = item.stat().st_size
+    with open(directory / MARKER, "w") as f:
+        f.write(json.dumps({"format": 1, "step": step, "files": files}, indent=2) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def incomplete(path: Path) -> str | None:
+    """Why the checkpoint ``path`` is not whole by its marker, or None when it is."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        files = json.loads((path / MARKER).read_text())["files"]
+        for name, size in files.items():
+            if (path / name).stat().st_size != size:
+                return f"{name} is not the size its marker records"
+    except FileNotFoundError as error:
+        return f"{Path(error.filename).name} is missing"
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError) as error:
+        return f"its {MARKER} cannot be read ({error})"
+    return None
 
 
-def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray, tokenizer, state: dict) -> Path:
-    """Write ``run_dir/checkpoint-<step>`` atomically; returns its path."""
+def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray, tokenizer, state: dict,
+                    dropout: float = 0.0) -> Path:
+    """Write ``run_dir/checkpoint-<step>`` atomically; returns its path. ``dropout`` is the run's, for config.json."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"checkpoint-{step:08d}"
-    staging = run_dir / f".{final.name}.tmp-{os.getpid()}"
-    if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir()
+    staging = Scratch(run_dir / scratch_name(f".{final.name}.tmp-"), directory=True)
     try:
-        tensors = {PREFIX + name: np.ascontiguousarray(view) for name, view in ParamLayout(cfg).views(params).items()}
-        save_file(tensors, str(staging / "model.safetensors"), metadata={"format": "pt"})
-        (staging / "config.json").write_text(json.dumps(gpt2_config(cfg, tokenizer.eos_id), indent=2) + "\n")
-        tokenizer.save(staging)
-        np.savez(staging / STATE_FILE, **state)
-        fsync_tree(staging)
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
-        fd = os.open(run_dir, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        save_file(hf_tensors(cfg, params), str(staging.path / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging.path / CONFIG_FILE).write_text(json.dumps(hf_config(cfg, tokenizer.eos_id, dropout), indent=2) + "\n")
+        tokenizer.save(staging.path)
+        for name, content in tokenizer_side_files(cfg, tokenizer.eos_id).items():
+            (staging.path / name).write_text(json.dumps(content, indent=2) + "\n")
+        np.savez(staging.path / STATE_FILE, **state)
+        write_marker(staging.path, step)  # last: after every other file of the checkpoint
+        replace_directory(staging.path, final)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        staging.remove()
         raise
+    staging.release()
     return final
-
-
-def write_atomically(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(staging, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(staging, path)
 
 
 def mark_best(run_dir: Path, checkpoint: Path, val_loss: float) -> None:
@@ -114,27 +125,29 @@ def mark_best(run_dir: Path, checkpoint: Path, val_loss: float) -> None:
 def best_checkpoint(run_dir: Path) -> Path | None:
     try:
         name = json.loads((Path(run_dir) / BEST_FILE).read_text())["checkpoint"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, RecursionError, KeyError, TypeError):
+        return None
+    if not isinstance(name, str) or not CHECKPOINT_NAME.match(name):
         return None
     path = Path(run_dir) / name
-    return path if CHECKPOINT_NAME.match(name) and path.is_dir() else None
+    return path if path.is_dir() else None
 
 
 def prune_checkpoints(run_dir: Path, keep: int) -> list:
-    """Delete all but the ``keep`` newest checkpoints and the best one, and stale staging directories."""
+    """Delete all but the ``keep`` newest checkpoints and the best one, and the scratch of writers that
+    died (never another live process's)."""
     run_dir = Path(run_dir)
     best = best_checkpoint(run_dir)
     found = list_checkpoints(run_dir)
     doomed = [p for p in found[:max(0, len(found) - keep)] if p != best]
     for path in doomed:
-        shutil.rmtree(path)
-    for stale in run_dir.glob(".checkpoint-*.tmp-*"):
-        shutil.rmtree(stale, ignore_errors=True)
+        discard(path)
+    remove_stale(run_dir, SCRATCH)
     return doomed
 
 
-def load_training_state(path: Path) -> dict:
-    """The arrays of a checkpoint's ``training_state.npz``."""
+def load_training_state(path: Path) -> TrainingState:
+    """What a checkpoint's ``training_state.npz`` keeps."""
     file = Path(path) / STATE_FILE
     try:
         with np.load(file, allow_pickle=False) as data:
@@ -152,67 +165,52 @@ def load_training_state(path: Path) -> dict:
             raise ValueError("not an object")
     except ValueError as error:
         raise UserError(f"{file}: its run settings cannot be read ({error}); the checkpoint is damaged") from None
-    return state
+    return TrainingState(state["optimizer_state"], int(state["optimizer_step"]), state["run_state"], state["settings"])
 
 
 def list_checkpoints(run_dir: Path) -> list:
-    """Complete checkpoints in ``run_dir``, oldest first."""
+    """Complete checkpoints (those with their marker) in ``run_dir``, oldest first."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in run_dir.iterdir() if p.is_dir() and (m := CHECKPOINT_NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in run_dir.iterdir()
+             if (m := CHECKPOINT_NAME.match(p.name)) and (p / MARKER).is_file()]
     return [p for _, p in sorted(found)]
 
 
-def resolve_checkpoint(path: Path) -> Path:
-    """A checkpoint directory, or a run directory meaning its latest checkpoint."""
+def load_checkpoint(path: Path) -> Checkpoint:
+    """The checkpoint (or any Hugging Face GPT-2 directory) at ``path``, or the newest checkpoint of the
+    run directory ``path`` that loads."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; give a checkpoint directory or a run's checkpoint directory")
     if (path / "config.json").exists():
-        return path
+        return load_one(path)
     found = list_checkpoints(path)
     if not found:
-        raise UserError(f"{path} holds no checkpoint (no config.json, no checkpoint-* directories)")
-    return found[-1]
+        raise UserError(f"{path} holds no checkpoint (no config.json, no checkpoint-* directory with its {MARKER})")
+    skipped = {}
+    for checkpoint in reversed(found):
+        reason = incomplete(checkpoint)
+        if reason is None:
+            try:
+                loaded = load_one(checkpoint)
+            except UserError as error:
+                reason = str(error)
+            else:
+                if skipped:
+                    log.warning("checkpoint_fallback", checkpoint=str(checkpoint), skipped=skipped)
+                return loaded
+        skipped[checkpoint.name] = reason
+    newest = found[-1].name
+    raise UserError(f"{path} holds no checkpoint that loads; the newest, {newest}: {skipped[newest]}")
 
 
-def read_config(path: Path) -> GPTConfig:
-    file = path / "config.json"
-    try:
-        raw = json.loads(file.read_text())
-        return GPTConfig(vocab_size=int(raw["vocab_size"]), block_size=int(raw["n_positions"]),
-                         n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]), n_embd=int(raw["n_embd"]))
-    except FileNotFoundError:
-        raise UserError(f"{file} is missing; the checkpoint is incomplete") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{file} is not a GPT-2 config ({error}); the checkpoint is damaged") from None
-
-
-def load_checkpoint(path: Path) -> tuple:
-    """(config, flat float32 parameters, tokenizer, checkpoint directory) of a checkpoint."""
-    path = resolve_checkpoint(path)
+def load_one(path: Path) -> Checkpoint:
     cfg = read_config(path)
-    layout = ParamLayout(cfg)
-    file = path / "model.safetensors"
-    try:
-        tensors = load_file(str(file))
-    except FileNotFoundError:
-        raise UserError(f"{file} is missing; the checkpoint is incomplete") from None
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
-    params = np.empty(layout.size, dtype=np.float32)
-    views = layout.views(params)
-    for name, view in views.items():
-        tensor = tensors.get(PREFIX + name)
-        if tensor is None:
-            raise UserError(f"{file} has no tensor {PREFIX + name}; it does not match its config.json")
-        if tensor.shape != view.shape:
-            raise UserError(f"{file}: {PREFIX + name} has shape {tuple(tensor.shape)}, config.json implies "
-                            f"{view.shape}")
-        view[...] = tensor
+    params = read_weights(path, cfg)
     tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise UserError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but config.json says "
                         f"{cfg.vocab_size}; the tokenizer belongs to another model")
-    return cfg, params, tokenizer, path
+    return Checkpoint(cfg, params, tokenizer, path)

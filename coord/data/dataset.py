@@ -13,7 +13,7 @@ uninterrupted one would have.
 import hashlib
 import json
 import os
-import shutil
+import re
 import time
 from pathlib import Path
 from typing import Iterator
@@ -21,53 +21,79 @@ from typing import Iterator
 import numpy as np
 import structlog
 
-from .corpus import iter_documents
+from .corpus import Skipped, iter_documents
 from ..errors import UserError
-from .tokenizer import EOS, load_tokenizer, train_tokenizer
+from ..files import Scratch, discard, fsync_directory, remove_stale, scratch_name
+from .tokenizer import EOS, KINDS, load_tokenizer, train_tokenizer
 
 log = structlog.get_logger("cllm.dataset")
 
 CHUNK_CHARS = 1 << 20
-SEPARATORS = {"char": "\n\n", "bpe": EOS}
+MAX_CARRY = 4 * CHUNK_CHARS  # text with no safe cut this long (no whitespace at all) is cut anyway
+CACHE_FORMAT = 2  # part of every cache key; raised when what an entry holds changes meaning
+# a place where the byte-level pre-tokenizer splits anyway: after a newline between non-spaces,
+# or before a single space between non-spaces (GPT-2's pre-tokens carry their leading space)
+SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)|(?<=\S)(?= \S)")
+CUT_SEARCH = 1 << 16  # how far back from a block's end to look for a safe cut
+SCAN_TOKENS = 1 << 24  # token ids checked per slice when a cache entry is opened
+
+
+def last_safe_cut(text: str) -> int:
+    """The end of the longest prefix of ``text`` that tokenizes as it would inside the whole; 0 if none."""
+    cut = 0
+    for match in SAFE_CUT.finditer(text, max(0, len(text) - CUT_SEARCH)):
+        cut = match.start()
+    return cut
 
 
 def text_chunks(path: Path) -> Iterator[str]:
-    """The staging text in pieces of about CHUNK_CHARS, cut only after a newline that is followed
-    by a non-space character: there the byte-level pre-tokenizer splits anyway, so the tokens
-    of the pieces are the tokens of the whole."""
+    """The staging text in pieces of about CHUNK_CHARS, cut only where the byte-level pre-tokenizer
+    splits anyway, so the tokens of the pieces are the tokens of the whole; memory stays bounded
+    even for one endless line."""
     with open(path, encoding="utf-8", newline="") as f:
         carry = ""
         while block := f.read(CHUNK_CHARS):
             text = carry + block
-            cut = len(text)
-            while cut > 0:
-                cut = text.rfind("\n", 0, cut)
-                if cut < 0 or (cut + 1 < len(text) and not text[cut + 1].isspace() and cut > 0
-                               and not text[cut - 1].isspace()):
-                    break
-            if cut <= 0:
+            cut = last_safe_cut(text)
+            if cut == 0 and len(text) < MAX_CARRY:
                 carry = text
                 continue
-            yield text[:cut + 1]
-            carry = text[cut + 1:]
+            cut = cut or len(text)
+            yield text[:cut]
+            carry = text[cut:]
         if carry:
             yield carry
 
 
-def stage_corpus(path, include, exclude, max_bytes, separator: str, staging: Path) -> tuple:
-    """Stream the documents into ``staging``; returns (content sha256, documents, characters)."""
+def stage_corpus(path, include, exclude, max_bytes, staging: Scratch, leave_out: tuple) -> tuple:
+    """Stream the documents into ``staging``, separated by the end-of-text token; returns
+    (content sha256, documents, characters).
+
+    The digest covers each document's length and sha256, in order; a document whose file turns out
+    unusable part-way is cut back out of the staging text."""
     digest = hashlib.sha256()
     count = chars = 0
-    with open(staging, "w", encoding="utf-8", newline="") as out:
-        for document in iter_documents(path, include, exclude, max_bytes):
-            if count:
-                out.write(separator)
-            out.write(document.text)
-            data = document.text.encode("utf-8")
-            digest.update(len(data).to_bytes(8, "little"))
-            digest.update(data)
-            count += 1
-            chars += len(document.text)
+    with open(staging.fd, "wb", closefd=False) as out:
+        for document in iter_documents(path, include, exclude, max_bytes, leave_out=leave_out):
+            start, size, length = out.tell(), 0, 0
+            hashed = hashlib.sha256()
+            try:
+                for piece in document.pieces():
+                    if size == 0 and count:
+                        out.write(EOS.encode("utf-8"))
+                    data = piece.encode("utf-8")
+                    out.write(data)
+                    hashed.update(data)
+                    size += len(data)
+                    length += len(piece)
+            except Skipped:
+                out.seek(start)
+                out.truncate()
+                continue
+            if size:
+                digest.update(size.to_bytes(8, "little") + hashed.digest())
+                count += 1
+                chars += length
     if count == 0 or chars == 0:
         where = path if path is not None else "the default corpus"
         raise UserError(f"{where} holds no text (empty, or every file was skipped); give a corpus with text")
@@ -76,29 +102,39 @@ def stage_corpus(path, include, exclude, max_bytes, separator: str, staging: Pat
 
 def build_entry(staging: Path, entry: Path, kind: str, vocab_size: int, digest: str, documents: int,
                 tokenizer=None) -> None:
-    """Tokenize the staging text into the cache entry ``entry`` (training the tokenizer unless given)."""
+    """Tokenize the staging text into the cache entry ``entry`` (training the tokenizer unless given).
+
+    Another process may build the same entry at the same time: the first complete one stays."""
     started = time.perf_counter()
     tokenizer = tokenizer or train_tokenizer(kind, lambda: text_chunks(staging), vocab_size)
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
-    building = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
-    building.mkdir(parents=True)
+    building = Scratch(entry.with_name(scratch_name(f".{entry.name}.tmp-")), directory=True)
     try:
         n_tokens = 0
-        with open(building / "tokens.bin", "wb") as out:
+        with open(building.path / "tokens.bin", "wb") as out:
             for chunk in text_chunks(staging):
                 ids = tokenizer.encode(chunk).astype(dtype)
                 out.write(ids.tobytes())
                 n_tokens += len(ids)
-        tokenizer.save(building)
+            out.flush()
+            os.fsync(out.fileno())
+        tokenizer.save(building.path)
         meta = {"n_tokens": n_tokens, "dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
                 "tokenizer": kind, "content_sha256": digest, "documents": documents,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        (building / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-        os.rename(building, entry)
+        (building.path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        try:
+            os.rename(building.path, entry)
+        except OSError:
+            if not (entry / "meta.json").exists():
+                raise
+            building.remove()  # another process finished the same entry first
+            return
+        fsync_directory(entry.parent)
     except BaseException:
-        shutil.rmtree(building, ignore_errors=True)
+        building.remove()
         raise
+    building.release()
     log.info("dataset_tokenized", tokens=n_tokens, documents=documents, vocab_size=tokenizer.vocab_size,
              seconds=round(time.perf_counter() - started, 2))
 
@@ -108,43 +144,53 @@ def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path,
                     tokenizer=None) -> "TokenDataset":
     """The tokenized corpus at ``path`` (None: the standard library's source), from the cache when it can.
 
-    With ``tokenizer`` (a resumed run's) the corpus is encoded with it instead of a new one.
+    With ``tokenizer`` (a resumed run's) the corpus is encoded with it instead of a new one. A cache
+    entry found damaged (truncated, ids beyond its vocabulary, unreadable) is rebuilt.
     """
     if tokenizer is not None:
         tokenizer_kind = tokenizer.kind
-    if tokenizer_kind not in SEPARATORS:
+    if tokenizer_kind not in KINDS:
         raise UserError(f"unknown tokenizer {tokenizer_kind!r}; choose char or bpe")
     cache_dir = Path(cache_dir)
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
+        remove_stale(cache_dir, ".staging-*")
+        remove_stale(cache_dir, ".*.tmp-*")
+        staging = Scratch(cache_dir / (scratch_name(".staging-") + ".txt"))
     except OSError as error:
-        raise UserError(f"cannot create the cache directory {cache_dir} ({error.strerror}); "
+        raise UserError(f"cannot use the cache directory {cache_dir} ({error.strerror}); "
                         "give a writable --cache-dir") from None
-    staging = cache_dir / f".staging-{os.getpid()}.txt"
     try:
-        digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, SEPARATORS[tokenizer_kind], staging)
+        digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, staging, leave_out=(cache_dir,))
         if tokenizer is not None:
-            key = f"{digest[:24]}-{tokenizer.kind}-{tokenizer.fingerprint()}"
+            key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer.kind}-{tokenizer.fingerprint()}"
         else:
-            key = f"{digest[:24]}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
+            key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
         entry = cache_dir / key
         if (entry / "meta.json").exists():
-            log.info("dataset_cached", path=str(entry))
-        else:
-            build_entry(staging, entry, tokenizer_kind, vocab_size, digest, documents, tokenizer)
+            try:
+                dataset = TokenDataset(entry, val_fraction)
+                log.info("dataset_cached", path=str(entry))
+                return dataset
+            except CacheDamaged as error:
+                log.warning("cache_entry_damaged", path=str(entry), reason=str(error), action="rebuilt")
+                discard(entry)
+        build_entry(staging.path, entry, tokenizer_kind, vocab_size, digest, documents, tokenizer)
     finally:
-        staging.unlink(missing_ok=True)
+        staging.remove()
     return TokenDataset(entry, val_fraction)
+
+
+class CacheDamaged(Exception):
+    """A cache entry that cannot be trusted; the message says why."""
 
 
 class TokenDataset:
     """Training and validation windows over a memory-mapped token file."""
 
     def __init__(self, entry: Path, val_fraction: float = 0.1):
-        meta = json.loads((entry / "meta.json").read_text())
         self.entry = entry
-        self.tokenizer = load_tokenizer(entry)
-        self.tokens = np.memmap(entry / "tokens.bin", dtype=meta["dtype"], mode="r", shape=(meta["n_tokens"],))
+        self.tokenizer, self.tokens = open_entry(entry)
         self.n_val = int(len(self.tokens) * val_fraction)
         self.n_train = len(self.tokens) - self.n_val
         self.train = self.tokens[:self.n_train]
@@ -199,3 +245,24 @@ class TokenDataset:
         count = min(available, batch_size * max_batches)
         starts = np.linspace(0, available - 1, count).round().astype(np.int64) * seq_len
         return [self.gather(tokens, starts[i:i + batch_size], seq_len) for i in range(0, count, batch_size)]
+
+
+def open_entry(entry: Path) -> tuple:
+    """(tokenizer, memory-mapped token ids) of a cache entry, every id checked against the vocabulary;
+    CacheDamaged when the entry is not whole."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+        dtype, n_tokens = np.dtype(meta["dtype"]), meta["n_tokens"]
+        if dtype not in (np.uint16, np.uint32) or type(n_tokens) is not int or n_tokens <= 0:
+            raise ValueError(f"dtype {dtype}, n_tokens {n_tokens!r}")
+        tokenizer = load_tokenizer(entry)
+        size = (entry / "tokens.bin").stat().st_size
+    except (OSError, ValueError, KeyError, TypeError, RecursionError, UserError) as error:
+        raise CacheDamaged(f"unreadable: {error}") from None
+    if size != n_tokens * dtype.itemsize:
+        raise CacheDamaged(f"tokens.bin holds {size} bytes, meta.json says {n_tokens} tokens of {dtype}")
+    tokens = np.memmap(entry / "tokens.bin", dtype=dtype, mode="r", shape=(n_tokens,))
+    for start in range(0, n_tokens, SCAN_TOKENS):
+        if int(tokens[start:start + SCAN_TOKENS].max()) >= tokenizer.vocab_size:
+            raise CacheDamaged(f"token ids beyond the vocabulary of {tokenizer.vocab_size}")
+    return tokenizer, tokens

@@ -24,13 +24,14 @@ from ..checkpoints.store import list_checkpoints, load_checkpoint, load_training
 from .control import ControlServer
 from ..errors import RunFailed, UserError
 from .health import HealthMonitor
+from ..signals import StopSignals
 from ..training.hooks import Hook
 from .jobs import JobStore
 from ..logs import configure
-from ..nodezero.node_zero import usable_cores
 from .notify import Notifier, WatchdogGate
-from ..training.run import RunRequest, open_run
-from .config import load_config, merge_job, reload_changes, training_settings
+from ..training.config import with_values
+from ..training.run import open_run
+from .config import load_config, merge_job, reload_changes
 
 log = structlog.get_logger("cllm.service")
 
@@ -43,7 +44,6 @@ class Service:
         self.trainer = None
         self.job = None
         self.stopping = False
-        self.signals = 0
         self.wake = asyncio.Event()
         self.notifier = Notifier.from_environ()
         self.watchdog = WatchdogGate(self.notifier, (self.notifier.watchdog_interval or 10.0) / 2)
@@ -60,22 +60,23 @@ class Service:
         c.service.state_dir.mkdir(parents=True, exist_ok=True)
         self.jobs = JobStore(c.service.state_dir)
         control = ControlServer(c.service.socket, self.handle, c.service.socket_group,
-                                answer_timeout=c.service.step_timeout + 60)
+                                answer_timeout=c.run.step_timeout + 60)
         await control.start()
         if c.metrics.enabled:
             from .metrics import Metrics
             self.metrics = Metrics(c.metrics.address, c.metrics.port)
             self.metrics.start()
-        self.watch_signals()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.on_reload)
         log.info("service_started", config=str(self.config_path), state_dir=str(c.service.state_dir),
                  socket=str(c.service.socket), pid=os.getpid())
         try:
-            while not self.stopping:
-                job = self.jobs.next()
-                if job is None:
-                    await self.idle()
-                    continue
-                await self.run_job(job)
+            with StopSignals(self.stop):
+                while not self.stopping:
+                    job = self.jobs.next()
+                    if job is None:
+                        await self.idle()
+                        continue
+                    await self.run_job(job)
         finally:
             self.notifier.stopping()
             await control.close()
@@ -99,18 +100,15 @@ class Service:
         c = self.config
         run_dir = c.service.state_dir / "jobs" / job.id
         try:
-            config = merge_job(c, job.overrides)
-            request = RunRequest(settings=training_settings(config), sizes=dataclasses.asdict(config.model),
-                                 tokenizer=config.data.tokenizer, vocab_size=config.data.vocab_size,
-                                 cache_dir=config.data.cache_dir, threads=self.workers or config.training.threads
-                                 or usable_cores(), run_dir=run_dir)
+            run = merge_job(c, job.overrides).run
+            run = with_values(run, {"checkpoint_dir": run_dir, "threads": self.workers or run.threads})
             found = list_checkpoints(run_dir)
-            resumed = load_checkpoint(found[-1]) if found else None
-            saved = load_training_state(resumed[3]) if resumed else None
-            if saved and saved["run_state"][0] >= request.settings["steps"]:
-                self.jobs.set(job, "done", f"finished at step {int(saved['run_state'][0])}")
+            resumed = load_checkpoint(run_dir) if found else None  # the newest that loads
+            saved = load_training_state(resumed.path) if resumed else None
+            if saved and saved.step >= run.steps:
+                self.jobs.set(job, "done", f"finished at step {saved.step}")
                 return
-            self.trainer = open_run(request, resumed, saved, log_interval=10)
+            self.trainer = open_run(run, resumed, saved)
         except UserError as error:
             log.error("job_refused", job=job.id, error=str(error))
             self.jobs.set(job, "failed", str(error))
@@ -139,7 +137,6 @@ class Service:
 
     def attach(self, trainer) -> None:
         """Hooks that report a run's progress to systemd, metrics and the health monitor."""
-        trainer.handle_signals = False
         trainer.on_idle = self.watchdog.progress  # paused on purpose is not stuck
         health = HealthMonitor(trainer.node, self.config.service.stall_timeout, self.config.service.memory_limit_mb,
                                on_memory=lambda: trainer.request_stop("memory"))
@@ -172,21 +169,7 @@ class Service:
             self.ready_sent = True
             log.info("service_ready", status=status)
 
-    # ----- signals -----
-
-    def watch_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self.on_stop_signal, sig)
-        loop.add_signal_handler(signal.SIGHUP, self.on_reload)
-
-    def on_stop_signal(self, sig: int) -> None:
-        self.signals += 1
-        if self.signals > 1:
-            log.warning("stop_now", signal=signal.Signals(sig).name)
-            os._exit(0)  # checkpoints and the job file are written atomically
-        log.info("stop_requested", signal=signal.Signals(sig).name)
-        self.stop(signal.Signals(sig).name)
+    # ----- stopping and reloading -----
 
     def stop(self, reason: str) -> None:
         self.stopping = True
@@ -206,14 +189,10 @@ class Service:
         changed, restart = reload_changes(self.config, new)
         if "logging.level" in changed:
             configure(self.config.logging.format, new.logging.level)
+        intervals = {"eval_interval": new.run.eval.interval, "checkpoint_interval": new.run.checkpoints.interval}
         if self.trainer is not None:
-            t = self.trainer
-            t.config = dataclasses.replace(t.config, eval_interval=new.training.eval_interval,
-                                           checkpoint_interval=new.training.checkpoint_interval)
-        self.config = dataclasses.replace(self.config, logging=new.logging,
-                                          training=dataclasses.replace(
-                                              self.config.training, eval_interval=new.training.eval_interval,
-                                              checkpoint_interval=new.training.checkpoint_interval))
+            self.trainer.config = with_values(self.trainer.config, intervals)
+        self.config = dataclasses.replace(self.config, logging=new.logging, run=with_values(self.config.run, intervals))
         log.info("config_reloaded", changed={k: list(v) for k, v in changed.items()}, needs_restart=restart)
         self.notifier.reloaded()
 

@@ -1,7 +1,7 @@
 """Optimizers over the flat parameter buffer, stepped by parameter slices across the pool.
 
-Weight decay reaches only the matrices of the linear layers, never biases, LayerNorm
-gains or the embeddings, unless ``decay_all`` is asked for.
+Weight decay reaches only the matrices of the linear layers (an untied output head is one),
+never biases, LayerNorm gains or the embeddings, unless ``decay_all`` is asked for.
 """
 
 from dataclasses import dataclass
@@ -11,25 +11,27 @@ import numpy as np
 from cllm.kernels.model import ParamLayout
 from cllm.kernels.optim import adam_update, adamw_update, sgd_update
 
+from ..settings import BETA, FLAG, NON_NEGATIVE, RATE, one_of, setting
+
 ALIGN = 64  # slice boundaries on cache-line multiples of float32
 KINDS = ("adamw", "adam", "sgd")
 
 
 @dataclass(frozen=True)
 class OptimizerConfig:
-    kind: str = "adamw"
-    beta1: float = 0.9  # also SGD's momentum
-    beta2: float = 0.95
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    decay_all: bool = False
-    nesterov: bool = False
+    kind: str = setting("adamw", one_of(KINDS), "the optimizer", name="optimizer")
+    beta1: float = setting(0.9, BETA, "Adam's first beta, or SGD's momentum")
+    beta2: float = setting(0.95, BETA, "Adam's second beta")
+    eps: float = setting(1e-8, RATE, "Adam's epsilon")
+    weight_decay: float = setting(0.0, NON_NEGATIVE, "decoupled weight decay of linear-layer weights")
+    decay_all: bool = setting(False, FLAG, "decay biases, LayerNorm gains and embeddings too")
+    nesterov: bool = setting(False, FLAG, "Nesterov momentum (sgd)")
 
 
 def decays(name: str, decay_all: bool) -> bool:
     if decay_all:
         return True
-    return name.endswith(".weight") and (".attn." in name or ".mlp." in name)
+    return name == "lm_head.weight" or (name.endswith(".weight") and (".attn." in name or ".mlp." in name))
 
 
 def split_range(size: int, parts: int) -> list:

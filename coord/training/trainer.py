@@ -6,10 +6,10 @@ optimizer moments, best-so-far and patience counters), and batches are a pure fu
 """
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,30 +27,11 @@ from ..errors import RunFailed, UserError
 from .hooks import Hook, Hooks
 from ..nodezero.node_zero import NodeZero, StepFailed
 from ..nodezero.states import ControlState
+from .config import RunConfig, resumable
 from .optimizer import Optimizer, OptimizerConfig
-from .schedule import Schedule, learning_rate
+from .schedule import learning_rate
 
 log = structlog.get_logger("cllm.train")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    batch_size: int = 16
-    seq_len: int = 64
-    steps: int = 1000
-    threads: int = 1
-    seed: int = 1337
-    optimizer: OptimizerConfig = OptimizerConfig()
-    schedule: Schedule = Schedule()
-    grad_accum: int = 1  # micro-steps whose gradients add up to one step
-    clip_norm: float = 1.0  # 0: no clipping
-    eval_interval: int = 0  # 0: evaluate only at the end
-    eval_batches: int = 8
-    patience: int = 0  # evaluations without improvement before stopping early; 0: never
-    max_bad_steps: int = 5  # non-finite steps in a row before the run stops
-    checkpoint_interval: int = 0  # 0: only at the end
-    keep_checkpoints: int = 3
-    log_interval: int = 10  # 0: no per-step events (a progress bar shows them)
 
 
 @dataclass
@@ -101,19 +82,21 @@ def run_event_loop(coroutine):
 class Trainer:
     """One run: the model's parameters and optimizer, Node Zero, the data and the run directory."""
 
-    def __init__(self, model: GPTConfig, config: TrainConfig, dataset, run_dir: Path, params: np.ndarray,
-                 optimizer: Optimizer, state: RunState, settings: dict | None = None, hooks: Hooks | None = None,
-                 progress=None):
-        self.model, self.config, self.dataset, self.run_dir = model, config, dataset, Path(run_dir)
-        self.settings = settings or {}  # the command line's run settings, kept for --resume
+    def __init__(self, config: RunConfig, model: GPTConfig, dataset, params: np.ndarray, optimizer: Optimizer,
+                 state: RunState, hooks: Hooks | None = None, progress=None):
+        self.config, self.model, self.dataset = config, model, dataset
+        self.run_dir = Path(config.checkpoints.dir)
+        self.seq_len = config.model.seq_len
+        # a decaying schedule with no decay_steps decays over the run, however long a resume makes it
+        self.schedule = dataclasses.replace(config.schedule, decay_steps=config.schedule.decay_steps or config.steps)
         self.params, self.optimizer, self.state = params, optimizer, state
         self.hooks = hooks or Hooks()
         self.progress = progress
-        self.node = NodeZero(model, params, optimizer, config.threads)
-        self.val_batches = dataset.val_batches(config.batch_size, config.seq_len, config.eval_batches)
+        self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
+                             dropout=config.dropout, seed=config.seed)
+        self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
         self.last_val_loss = None
-        self.handle_signals = True  # `cllm train`; the daemon handles signals itself
         self.waiting = {}  # control message id -> future answered at the step boundary
         self.pause_wanted = None  # a future answered once the run has paused
         self.resumed = asyncio.Event()
@@ -122,46 +105,19 @@ class Trainer:
     async def run(self) -> dict:
         c = self.config
         log.info("train_started", steps=c.steps, start_step=self.state.step, batch_size=c.batch_size,
-                 seq_len=c.seq_len, threads=c.threads, parameters=int(self.params.size),
+                 seq_len=self.seq_len, threads=c.threads, parameters=int(self.params.size),
                  vocab_size=self.model.vocab_size, train_tokens=self.dataset.n_train, val_tokens=self.dataset.n_val,
                  optimizer=c.optimizer.kind, schedule=c.schedule.kind)
         with threadpool_limits(1, user_api="blas"):  # the pool is the parallelism; BLAS stays single-threaded
-            await self.node.start()
-            if self.handle_signals:
-                self.watch_signals()
             try:
+                await self.node.start()
                 summary = await self.loop()
             finally:
-                if self.handle_signals:
-                    self.unwatch_signals()
                 await self.node.close()
                 for future in list(self.waiting.values()) + [self.pause_wanted]:
                     if future is not None and not future.done():
                         future.set_exception(RuntimeError("the run ended before the request was handled"))
         return summary
-
-    def watch_signals(self) -> None:
-        """SIGINT/SIGTERM: finish the step, checkpoint, exit; a second one stops at once."""
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.add_signal_handler(sig, self.on_signal, sig)
-            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
-                return
-
-    def unwatch_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                loop.remove_signal_handler(sig)
-            except (NotImplementedError, RuntimeError, ValueError):
-                return
-
-    def on_signal(self, sig: int) -> None:
-        if self.stop_reason is not None:
-            log.warning("stop_now", signal=signal.Signals(sig).name)
-            os._exit(128 + sig)  # checkpoints are written atomically: nothing is left half-done
-        self.request_stop(signal.Signals(sig).name)
 
     def request_stop(self, reason: str) -> None:
         """Finish the step in flight, checkpoint, and end the run."""
@@ -188,11 +144,11 @@ class Trainer:
     async def loop(self) -> dict:
         c, s = self.config, self.state
         started, tokens_seen, last = time.perf_counter(), 0, None
-        per_epoch = self.dataset.steps_per_epoch(c.batch_size, c.seq_len)
+        per_epoch = self.dataset.steps_per_epoch(c.batch_size * c.grad_accum, self.seq_len)
         while s.step < c.steps:
             step = s.step + 1
             epoch = (step - 1) // per_epoch
-            position = (step - 1) * c.batch_size * c.grad_accum * c.seq_len  # token offset into the epochs
+            position = (step - 1) * c.batch_size * c.grad_accum * self.seq_len  # token offset into the epochs
             if (step - 1) % per_epoch == 0:
                 if epoch > 0:
                     self.node.notify(M.BOUNDARY_CROSSING, pl.BoundaryCrossing(step=step, position=position,
@@ -203,7 +159,7 @@ class Trainer:
             last_of_epoch = step % per_epoch == 0
             if last_of_epoch:
                 self.node.notify(M.BOUNDARY_REGION_ENTER, pl.Region(step=step, position=position, kind="epoch_end"))
-            lr = learning_rate(c.schedule, step)
+            lr = learning_rate(self.schedule, step)
             self.hooks.fire(Hook.BATCH_START, step=step, epoch=epoch, lr=lr)
             result = await self.train_step(step, lr)
             s.step = step
@@ -215,18 +171,18 @@ class Trainer:
                 self.node.notify(M.EPOCH_COMPLETE, pl.EpochMark(epoch=epoch, step=step))
                 self.hooks.fire(Hook.EPOCH_END, epoch=epoch, step=step)
                 log.info("epoch_end", epoch=epoch, step=step)
-            for interval, kind in ((c.eval_interval, "eval"), (c.checkpoint_interval, "checkpoint")):
+            for interval, kind in ((c.eval.interval, "eval"), (c.checkpoints.interval, "checkpoint")):
                 if interval and step % interval == 0:
                     self.node.notify(M.TWIN_PRIME_HIT, pl.IntervalHit(step=step, kind=kind))
             improved = False
-            if c.eval_interval and step % c.eval_interval == 0 and step < c.steps:
+            if c.eval.interval and step % c.eval.interval == 0 and step < c.steps:
                 await self.evaluate_and_track()
                 improved = s.best_step == step
-            if improved or (c.checkpoint_interval and step % c.checkpoint_interval == 0 and step < c.steps):
+            if improved or (c.checkpoints.interval and step % c.checkpoints.interval == 0 and step < c.steps):
                 self.checkpoint(best=improved)
             if await self.boundary():
                 break
-            if c.patience and s.evals_since_best >= c.patience:
+            if c.eval.patience and s.evals_since_best >= c.eval.patience:
                 log.info("early_stop", step=step, best_val_loss=s.best_val, best_step=s.best_step)
                 self.stop_reason = "early_stop"
                 break
@@ -246,7 +202,7 @@ class Trainer:
 
     async def train_step(self, step: int, lr: float):
         c = self.config
-        x, y = self.dataset.train_batch(step - 1, c.batch_size * c.grad_accum, c.seq_len, c.seed)
+        x, y = self.dataset.train_batch(step - 1, c.batch_size * c.grad_accum, self.seq_len, c.seed)
         micro = [(x[i:i + c.batch_size], y[i:i + c.batch_size]) for i in range(0, len(x), c.batch_size)]
         try:
             return await self.node.step(step, micro, lr, c.clip_norm)
@@ -353,25 +309,25 @@ class Trainer:
         training_state = {"optimizer_state": self.optimizer.state, "optimizer_step": np.int64(self.optimizer.step),
                           "run_state": np.array([s.step, s.best_val, s.best_step, s.evals_since_best, s.bad_in_row],
                                                 dtype=np.float64),
-                          "settings": np.array(json.dumps(self.settings))}
-        path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer, training_state)
+                          "settings": np.array(json.dumps(resumable(self.config)))}
+        path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer, training_state,
+                               dropout=self.config.dropout)
         if best:
             mark_best(self.run_dir, path, s.best_val)
-        removed = prune_checkpoints(self.run_dir, self.config.keep_checkpoints)
+        removed = prune_checkpoints(self.run_dir, self.config.checkpoints.keep)
         log.info("checkpoint_saved", path=str(path), step=s.step, best=best, removed=[p.name for p in removed])
         self.hooks.fire(Hook.CHECKPOINT, step=s.step, path=str(path), best=best)
         return path
 
 
-def restore_state(training_state: dict, layout: ParamLayout, config: OptimizerConfig, where: Path) -> tuple:
-    """(Optimizer, RunState) from a checkpoint's training state; refuses one that does not fit."""
+def restore_state(saved, layout: ParamLayout, config: OptimizerConfig, where: Path) -> tuple:
+    """(Optimizer, RunState) from a checkpoint's TrainingState; refuses one that does not fit."""
     optimizer = Optimizer(layout, config)
-    saved = training_state.get("optimizer_state")
-    if saved is None or saved.shape != optimizer.state.shape or saved.dtype != np.float32:
+    moments = saved.optimizer_state
+    if moments.shape != optimizer.state.shape or moments.dtype != np.float32:
         raise UserError(f"{where}: the optimizer state does not fit a {config.kind} optimizer for this model; "
                         "resume with the optimizer the run was started with")
-    optimizer.state[...] = saved
-    optimizer.step = int(training_state["optimizer_step"])
-    step, best_val, best_step, evals_since_best, bad_in_row = training_state["run_state"]
+    optimizer.state[...] = moments
+    optimizer.step = saved.optimizer_step
+    step, best_val, best_step, evals_since_best, bad_in_row = saved.run_state
     return optimizer, RunState(int(step), float(best_val), int(best_step), int(evals_since_best), int(bad_in_row))
-

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from cllm.coord.checkpoints.store import (list_checkpoints, load_checkpoint, load_training_state, mark_best,
                                    prune_checkpoints, save_checkpoint)
 from cllm.coord.errors import UserError
-from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer
+from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer, load_tokenizer
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward, init_params
 
 from .runs import SHAKESPEARE, TINY_MODEL, cllm, small_corpus
@@ -26,7 +27,7 @@ def trained_params(cfg, seed=0):
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(26)] + list(" .,;:!?'\n-ABCD"))
+    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(26)] + list(" .,;:!?'\n-ABC"))
     assert tokenizer.vocab_size == CFG.vocab_size
     path = save_checkpoint(tmp_path / "run", 7, CFG, trained_params(CFG), tokenizer, STATE)
     return path
@@ -37,7 +38,7 @@ def test_a_checkpoint_round_trips(checkpoint):
     assert path == checkpoint and cfg == CFG
     assert np.array_equal(params, trained_params(CFG))
     assert tokenizer.decode(tokenizer.encode("hello, world")) == "hello, world"
-    assert load_training_state(checkpoint)["optimizer_step"] == 3
+    assert load_training_state(checkpoint).optimizer_step == 3
 
 
 
@@ -52,10 +53,9 @@ def test_a_checkpoint_round_trips(checkpoint):
     (lambda p: (p / "config.json").write_text(json.dumps({**json.loads((p / "config.json").read_text()),
                                                           "n_layer": 3})),
      "has no tensor transformer.h.2"),
-    (lambda p: (p / "vocab.json").write_text(json.dumps({"kind": "char", "chars": list("abc")})),
-     "belongs to another model"),
-    (lambda p: (p / "vocab.json").write_text("garbage"), "vocab.json is not a CLLM character vocabulary"),
-    (lambda p: (p / "vocab.json").unlink(), "has no tokenizer"),
+    (lambda p: CharTokenizer(list("abc")).save(p), "belongs to another model"),
+    (lambda p: (p / "tokenizer.json").write_text("garbage"), "tokenizer.json is not a tokenizer"),
+    (lambda p: (p / "tokenizer.json").unlink(), "has no tokenizer"),
 ])
 def test_damaged_checkpoints_are_refused_naming_the_file(checkpoint, damage, message):
     damage(checkpoint)
@@ -78,7 +78,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(checkpoint, monkeyp
     def broken_save(directory):
         raise OSError("disk full")
 
-    tokenizer = CharTokenizer.load(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
     monkeypatch.setattr(tokenizer, "save", broken_save)
     with pytest.raises(OSError):
         save_checkpoint(run, 8, CFG, trained_params(CFG, seed=9), tokenizer, STATE)
@@ -89,15 +89,17 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(checkpoint, monkeyp
 
 def test_pruning_keeps_the_newest_and_the_best(tmp_path, checkpoint):
     run = checkpoint.parent
-    tokenizer = CharTokenizer.load(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
     paths = [save_checkpoint(run, step, CFG, trained_params(CFG), tokenizer, STATE) for step in (10, 20, 30, 40)]
     mark_best(run, paths[0], 1.5)
-    (run / ".checkpoint-00000050.tmp-99999").mkdir()  # a crashed writer's leftovers
+    leftovers = run / ".checkpoint-00000050.tmp-99999-dead"  # a crashed writer's, an hour old
+    leftovers.mkdir()
+    os.utime(leftovers, (time.time() - 3600,) * 2)
     removed = prune_checkpoints(run, keep=2)
     assert sorted(p.name for p in removed) == ["checkpoint-00000007", "checkpoint-00000020"]
     assert [p.name for p in list_checkpoints(run)] == ["checkpoint-00000010", "checkpoint-00000030",
                                                        "checkpoint-00000040"]
-    assert not (run / ".checkpoint-00000050.tmp-99999").exists()
+    assert not leftovers.exists()
     assert json.loads((run / "best.json").read_text())["checkpoint"] == "checkpoint-00000010"
 
 

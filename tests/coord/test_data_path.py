@@ -9,13 +9,13 @@ import pytest
 import structlog
 from tokenizers import Tokenizer
 
-from cllm.coord.data import dataset as dataset_module
+from cllm.coord.data import corpus as corpus_module, dataset as dataset_module
 from cllm.coord.data.corpus import iter_documents
 from cllm.coord.data.dataset import prepare_dataset, text_chunks
 from cllm.coord.errors import UserError
-from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer, load_tokenizer
+from cllm.coord.data.tokenizer import EOS, BpeTokenizer, CharTokenizer, load_tokenizer
 
-from .runs import SHAKESPEARE
+from .runs import SHAKESPEARE, texts
 
 UNICODE = "Ünïcödé — 漢字 and emoji 🚀\n\n\ttabs   and   runs of spaces\r\nend"
 
@@ -26,19 +26,27 @@ def bpe():
 
 
 def test_char_round_trip_and_unknown_characters():
-    tok = CharTokenizer.train([UNICODE])
+    tok = CharTokenizer.train([UNICODE + EOS])
+    assert tok.vocab_size == len(set(UNICODE)) + 1 and tok.eos_id == tok.vocab_size - 1  # end-of-text comes last
     assert tok.decode(tok.encode(UNICODE)) == UNICODE
+    ids = tok.encode(f"{EOS}ab{EOS}{EOS}c")
+    assert ids.tolist() == [tok.eos_id, *tok.encode("ab"), tok.eos_id, tok.eos_id, *tok.encode("c")]
+    assert tok.decode(ids) == f"{EOS}ab{EOS}{EOS}c"
     with pytest.raises(UserError, match="'Z' is not in this model's vocabulary"):
         tok.encode("Zebra")
 
 
-def test_char_vocabulary_saves_and_loads(tmp_path):
+def test_char_vocabulary_saves_as_a_tokenizers_file_and_loads(tmp_path):
     tok = CharTokenizer.train([UNICODE])
     tok.save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
     again = load_tokenizer(tmp_path)
-    assert again.chars == tok.chars and again.fingerprint() == tok.fingerprint()
-    (tmp_path / "vocab.json").write_text(json.dumps({"kind": "char", "chars": ["ab"]}))
-    with pytest.raises(UserError, match="vocab.json is not a CLLM character vocabulary"):
+    assert again.kind == "char" and again.chars == tok.chars and again.fingerprint() == tok.fingerprint()
+    text = UNICODE + EOS + UNICODE[:9]
+    assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids == tok.encode(text).tolist()
+    without_eos = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).to_str().replace(EOS, "<|other|>")
+    (tmp_path / "tokenizer.json").write_text(without_eos)
+    with pytest.raises(UserError, match=r"tokenizer.json has no <\|endoftext\|> token"):
         load_tokenizer(tmp_path)
 
 
@@ -63,8 +71,10 @@ def test_bpe_refuses_a_vocabulary_below_the_byte_alphabet():
         BpeTokenizer.train(["text"], 100)
 
 
-def test_chunked_encoding_equals_whole_text_encoding(bpe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("lines", [True, False], ids=["lines", "one-line"])
+def test_chunked_encoding_equals_whole_text_encoding(bpe, tmp_path, monkeypatch, lines):
     text = SHAKESPEARE.read_text()[:40_000]
+    text = text if lines else text.replace("\n", " ")
     path = tmp_path / "staging.txt"
     path.write_text(text)
     monkeypatch.setattr(dataset_module, "CHUNK_CHARS", 997)
@@ -86,26 +96,35 @@ def make_tree(root: Path) -> None:
 def test_a_directory_is_walked_once_in_order_skipping_binary_and_undecodable_files(tmp_path, monkeypatch):
     make_tree(tmp_path)
     reads = []
-    original = Path.read_bytes
-    monkeypatch.setattr(Path, "read_bytes", lambda self: reads.append(self.name) or original(self))
+    original = corpus_module.open_file
+    monkeypatch.setattr(corpus_module, "open_file", lambda path: reads.append(path.name) or original(path))
     with structlog.testing.capture_logs() as logs:
-        docs = list(iter_documents(tmp_path))
-    assert [d.text for d in docs] == ["first file", "second file", "third file"]
+        assert texts(tmp_path) == ["first file", "second file", "third file"]
     assert sorted(reads) == sorted(set(reads)) == ["b.txt", "blob.bin", "latin1.txt", "one.txt", "two.md"]
     skipped = {Path(e["path"]).name: e["reason"] for e in logs if e["event"] == "corpus_file_skipped"}
     assert skipped == {"blob.bin": "binary", "latin1.txt": "not utf-8"}
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_documents_are_separated_by_the_end_of_text_token(tmp_path, kind):
+    make_tree(tmp_path / "tree")
+    data = prepare_dataset(tmp_path / "tree", kind, 300, tmp_path / "cache", val_fraction=0.0)
+    tokenizer = data.tokenizer
+    assert np.count_nonzero(np.asarray(data.tokens) == tokenizer.eos_id) == 2
+    assert tokenizer.decode(data.tokens) == f"first file{EOS}second file{EOS}third file"
+    assert not any("endoftext" in token for token in tokenizer.library_tokenizer().get_vocab() if token != EOS)
+
+
 def test_include_and_exclude_globs(tmp_path):
     make_tree(tmp_path)
-    assert [d.text for d in iter_documents(tmp_path, include=("*.txt",))] == ["first file", "third file"]
-    assert [d.text for d in iter_documents(tmp_path, include=("*.txt",), exclude=("a/*",))] == ["third file"]
+    assert texts(tmp_path, include=("*.txt",)) == ["first file", "third file"]
+    assert texts(tmp_path, include=("*.txt",), exclude=("a/*",)) == ["third file"]
 
 
 def test_jsonl_and_squad_inputs(tmp_path):
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"text": "one"}\n\n{"text": "two", "id": 3}\n')
-    assert [d.text for d in iter_documents(jsonl)] == ["one", "two"]
+    assert texts(jsonl) == ["one", "two"]
     jsonl.write_text('{"text": "one"}\n{"body": "no text"}\n')
     with pytest.raises(UserError, match="docs.jsonl:2"):
         list(iter_documents(jsonl))
@@ -114,16 +133,15 @@ def test_jsonl_and_squad_inputs(tmp_path):
         "context": "Paris is in France.",
         "qas": [{"question": "Where is Paris?", "answers": [{"text": "France", "answer_start": 12}]},
                 {"question": "Where is Rome?", "answers": [], "is_impossible": True}]}]}]}))
-    (doc,) = iter_documents(squad)
-    assert doc.text == ("Paris is in France.\n\nQuestion: Where is Paris?\nAnswer: France\n"
-                        "Question: Where is Rome?\nAnswer: (no answer)")
+    assert texts(squad) == [("Paris is in France.\n\nQuestion: Where is Paris?\nAnswer: France\n"
+                        "Question: Where is Rome?\nAnswer: (no answer)")]
 
 
 def test_the_default_corpus_is_the_standard_library_source_under_a_cap():
-    docs = list(iter_documents(None, max_bytes=300_000))
-    assert docs and all(d.source.endswith(".py") for d in docs)
-    assert not any("/test/" in d.source or "/tests/" in d.source for d in docs)
-    assert 300_000 <= sum(len(d.text.encode()) for d in docs) < 300_000 + max(len(d.text.encode()) for d in docs)
+    docs = [(d.source, len(d.text.encode())) for d in iter_documents(None, max_bytes=300_000)]
+    assert docs and all(source.endswith(".py") for source, _ in docs)
+    assert not any("/test/" in source or "/tests/" in source for source, _ in docs)
+    assert 300_000 <= sum(size for _, size in docs) < 300_000 + max(size for _, size in docs)
 
 
 def test_missing_and_empty_inputs_are_refused(tmp_path):
@@ -144,7 +162,7 @@ def test_the_token_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
         second = prepare_dataset(corpus, "char", 0, tmp_path / "cache")
     assert not trained and any(e["event"] == "dataset_cached" for e in logs)
     assert np.array_equal(first.tokens, second.tokens)
-    assert {p.name for p in first.entry.iterdir()} == {"tokens.bin", "meta.json", "vocab.json"}
+    assert {p.name for p in first.entry.iterdir()} == {"tokens.bin", "meta.json", "tokenizer.json"}
     assert not list((tmp_path / "cache").glob(".staging-*"))
     monkeypatch.undo()
     corpus.write_text(SHAKESPEARE.read_text()[:30_001])

@@ -7,10 +7,10 @@ import numpy as np
 from cllm.coord.data.dataset import prepare_dataset
 from cllm.coord.nodezero.node_zero import NodeZero
 from cllm.coord.training.optimizer import Optimizer, OptimizerConfig
-from cllm.coord.training.schedule import Schedule
+from cllm.coord.training.config import RunConfig, with_values
 from cllm.coord.nodezero.sphere import Inbox
 from cllm.coord.nodezero.states import SphereState
-from cllm.coord.training.trainer import RunState, TrainConfig, Trainer
+from cllm.coord.training.trainer import RunState, Trainer
 from cllm.coord.nodezero.worker import WorkerKernels
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 from cllm.protocol.messages import MessageType
@@ -31,11 +31,11 @@ async def test_all_28_message_types_are_used(tmp_path, monkeypatch):
     # a training run across an epoch boundary, with evaluation and checkpoints
     dataset = prepare_dataset(small_corpus(tmp_path, 8_000), "char", 0, tmp_path / "cache")
     model = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    config = TrainConfig(batch_size=8, seq_len=16, steps=dataset.steps_per_epoch(8, 16) + 2, threads=13,
-                         schedule=Schedule(lr=1e-3), eval_interval=5, checkpoint_interval=5, log_interval=0)
+    config = with_values(RunConfig(), dict(batch_size=8, seq_len=16, steps=dataset.steps_per_epoch(8, 16) + 2,
+                                           threads=13, eval_interval=5, checkpoint_interval=5, log_interval=0,
+                                           checkpoint_dir=tmp_path / "run"))
     params = init_params(model, 0)
-    trainer = Trainer(model, config, dataset, tmp_path / "run", params, Optimizer(ParamLayout(model), config.optimizer),
-                      RunState())
+    trainer = Trainer(config, model, dataset, params, Optimizer(ParamLayout(model), config.optimizer), RunState())
     await trainer.run()
 
     # a coordinator that resizes, reports statistics, recovers from a failure and re-offers rejected work

@@ -82,4 +82,4 @@ def test_resume_refuses_a_model_size_that_differs(straight, tmp_path):
     result = cllm("train", corpus, "--embed-dim", "64", "--steps", "60", "--resume", run, "--cache-dir",
                   tmp_path / "cache")
     assert result.returncode == 2
-    assert "--embed-dim 64 differs from the resumed model's 32" in result.stderr
+    assert "--embed-dim 64 differs from the resumed run's 32" in result.stderr

@@ -11,9 +11,9 @@ import pytest
 from cllm.coord.checkpoints.store import list_checkpoints, load_checkpoint
 from cllm.coord.data.dataset import prepare_dataset
 from cllm.coord.training.hooks import Hook, Hooks
-from cllm.coord.training.optimizer import Optimizer, OptimizerConfig
-from cllm.coord.training.schedule import Schedule
-from cllm.coord.training.trainer import RunState, TrainConfig, Trainer
+from cllm.coord.training.config import RunConfig, with_values
+from cllm.coord.training.optimizer import Optimizer
+from cllm.coord.training.trainer import RunState, Trainer
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import MessageType as M
@@ -27,13 +27,14 @@ def dataset(tmp_path_factory):
     return prepare_dataset(small_corpus(tmp, 20_000), "char", 0, tmp / "cache")
 
 
-def trainer(dataset, run_dir, hooks=None, **overrides):
+def trainer(dataset, run_dir, hooks=None, **settings):
     model = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=16)
-    settings = dict(batch_size=8, seq_len=16, steps=30, threads=2, schedule=Schedule(lr=3e-3), log_interval=0)
-    config = TrainConfig(**{**settings, **overrides})
+    values = dict(batch_size=8, seq_len=16, steps=30, threads=2, learning_rate=3e-3, log_interval=0, eval_interval=0,
+                  checkpoint_interval=0, checkpoint_dir=run_dir)
+    config = with_values(RunConfig(), {**values, **settings})
     params = init_params(model, 0)
-    return Trainer(model, config, dataset, run_dir, params, Optimizer(ParamLayout(model), config.optimizer),
-                   RunState(), hooks=hooks)
+    return Trainer(config, model, dataset, params, Optimizer(ParamLayout(model), config.optimizer), RunState(),
+                   hooks=hooks)
 
 
 async def test_hooks_fire_in_order_with_their_fields(dataset, tmp_path):
@@ -68,9 +69,8 @@ async def test_a_shutdown_request_during_a_step_ends_the_run_after_that_step(dat
 
 
 async def test_early_stopping_after_patience_evaluations_without_improvement(dataset, tmp_path):
-    # SGD at 1e-30 cannot move float32 weights: the validation loss never improves after the first evaluation
-    t = trainer(dataset, tmp_path / "run", steps=100, eval_interval=5, patience=2,
-                optimizer=OptimizerConfig(kind="sgd", beta1=0.0), schedule=Schedule(lr=1e-30))
+    # a learning rate of 0 cannot move the weights: the validation loss never improves after the first evaluation
+    t = trainer(dataset, tmp_path / "run", steps=100, eval_interval=5, patience=2, learning_rate=0.0)
     summary = await t.run()
     assert summary["stopped"] == "early_stop" and summary["step"] == 15
     assert json.loads((tmp_path / "run" / "best.json").read_text())["checkpoint"] == "checkpoint-00000005"
@@ -105,7 +105,8 @@ def test_non_finite_losses_stop_the_run_and_never_reach_the_weights(tmp_path):
 def test_sigterm_finishes_the_step_writes_a_checkpoint_and_exits_0(tmp_path):
     corpus = small_corpus(tmp_path)
     run = tmp_path / "run"
-    process = subprocess.Popen(command("train", corpus, *TINY_MODEL, "--steps", "100000", "--checkpoint-dir", run,
+    process = subprocess.Popen(command("train", corpus, *TINY_MODEL, "--steps", "100000", "--checkpoint-interval", "0",
+                                       "--eval-interval", "0", "--checkpoint-dir", run,
                                        "--cache-dir", tmp_path / "cache", "--log-format", "json"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in process.stdout:  # wait until it is training

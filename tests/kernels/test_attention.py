@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cllm.kernels.attention import TK, TQ, attention_backward, attention_forward
-from cllm.kernels.rng import drop_threshold, keep, stream
+from cllm.kernels.dropout import Dropout, attention_site, link
 
 from .gradcheck import assert_grad_close, numerical_grad
 
@@ -37,22 +37,25 @@ def plain_attention_backward(dout, qkv, H, scale, mask=None, keep_scale=1.0):
     return np.concatenate([g.transpose(0, 2, 1, 3).reshape(B, T, C) for g in (dq, dk, dv)], axis=2)
 
 
-def dropout_mask(key, row_offset, B, H, T, p):
-    threshold = np.uint64(drop_threshold(p))
+def dropout_mask(drop, B, H, T):
+    """The (B,H,T,T) keep mask of ``drop`` = (site key, first row, threshold, scale), in plain Python."""
+    key, first_row, threshold, _ = drop
     mask = np.zeros((B, H, T, T))
     for b in range(B):
         for h in range(H):
-            sid = np.uint64(stream(np.uint64(key), row_offset + b, h))
+            head_key = link(link(int(key), first_row + b), h)
             for i in range(T):
+                query_key = link(head_key, i)
                 for j in range(i + 1):
-                    mask[b, h, i, j] = keep(sid, i, j, threshold)
+                    mask[b, h, i, j] = (link(query_key, j + 1) >> 32) >= threshold
     return mask
 
 
-def run(qkv, H, **options):
+def run(qkv, H, scale=None, drop=None):
     B, T, C3 = qkv.shape
+    scale = 1 / math.sqrt(C3 // 3 // H) if scale is None else scale
     out, lse = np.zeros((B, T, C3 // 3), qkv.dtype), np.zeros((B, H, T), qkv.dtype)
-    attention_forward(out, lse, qkv, H, **options)
+    attention_forward(out, lse, qkv, H, scale, drop)
     return out, lse
 
 
@@ -73,7 +76,7 @@ def test_tiled_float32_is_within_1e_5_of_the_plain_formula_forward_and_backward(
     qkv32 = qkv.astype(np.float32)
     out, lse = run(qkv32, H)
     dqkv = np.full_like(qkv32, np.nan)  # every element must be overwritten
-    attention_backward(dqkv, dout.astype(np.float32), qkv32, out, lse, H)
+    attention_backward(dqkv, dout.astype(np.float32), qkv32, out, lse, H, 1 / math.sqrt(hs))
     ref = plain_attention(qkv32.astype(np.float64), H, 1 / math.sqrt(hs))[0]
     dref = plain_attention_backward(dout.astype(np.float32).astype(np.float64), qkv32.astype(np.float64), H,
                                     1 / math.sqrt(hs))
@@ -85,7 +88,7 @@ def test_backward_matches_finite_differences_with_a_score_scale():
     B, T, H, hs = 2, TQ + 7, 2, 3
     rng = np.random.default_rng(3)
     qkv, dout = rng.normal(size=(B, T, 3 * H * hs)), rng.normal(size=(B, T, H * hs))
-    options = dict(score_scale=1 / 3)  # GPT-2's scale_attn_by_inverse_layer_idx at layer 2
+    options = dict(scale=1 / (3 * math.sqrt(hs)))  # GPT-2's scale_attn_by_inverse_layer_idx at layer 2
 
     def f():
         return float(np.sum(run(qkv, H, **options)[0] * dout))
@@ -93,7 +96,7 @@ def test_backward_matches_finite_differences_with_a_score_scale():
     out, lse = run(qkv, H, **options)
     np.testing.assert_allclose(out, plain_attention(qkv, H, 1 / (3 * math.sqrt(hs)))[0], rtol=1e-10, atol=1e-12)
     dqkv = np.zeros_like(qkv)
-    attention_backward(dqkv, dout, qkv, out, lse, H, **options)
+    attention_backward(dqkv, dout, qkv, out, lse, H, options["scale"])
     idx, numeric = numerical_grad(f, qkv, n_probe=300)
     assert_grad_close(dqkv.reshape(-1)[idx], numeric)
 
@@ -102,41 +105,43 @@ def test_dropout_applies_the_hashed_mask_and_its_gradient_matches_finite_differe
     B, T, H, hs, p = 2, TQ + 9, 2, 3, 0.3
     rng = np.random.default_rng(5)
     qkv, dout = rng.normal(size=(B, T, 3 * H * hs)), rng.normal(size=(B, T, H * hs))
-    options = dict(dropout=p, dropout_key=0xDEADBEEF12345678, row_offset=4)
-    out, lse = run(qkv, H, **options)
-    mask = dropout_mask(options["dropout_key"], 4, B, H, T, p)
+    scale = 1 / math.sqrt(hs)
+    drop = Dropout(p, key=0xDEADBEEF12345678, first_row=4).at(attention_site(1))
+    out, lse = run(qkv, H, drop=drop)
+    mask = dropout_mask(drop, B, H, T)
     assert 0 < mask.sum() < np.tril(np.ones((T, T))).sum() * B * H
-    np.testing.assert_allclose(out, plain_attention(qkv, H, 1 / math.sqrt(hs), mask, 1 / (1 - p))[0], rtol=1e-10,
-                               atol=1e-12)
+    np.testing.assert_allclose(out, plain_attention(qkv, H, scale, mask, 1 / (1 - p))[0], rtol=1e-10, atol=1e-12)
     dqkv = np.zeros_like(qkv)
-    attention_backward(dqkv, dout, qkv, out, lse, H, **options)
+    attention_backward(dqkv, dout, qkv, out, lse, H, scale, drop)
     # the backward recomputes the same mask: the exact gradient of the dropped-out forward
-    np.testing.assert_allclose(dqkv, plain_attention_backward(dout, qkv, H, 1 / math.sqrt(hs), mask, 1 / (1 - p)),
+    np.testing.assert_allclose(dqkv, plain_attention_backward(dout, qkv, H, scale, mask, 1 / (1 - p)),
                                rtol=1e-9, atol=1e-11)
-    idx, numeric = numerical_grad(lambda: float(np.sum(run(qkv, H, **options)[0] * dout)), qkv, n_probe=200)
+    idx, numeric = numerical_grad(lambda: float(np.sum(run(qkv, H, drop=drop)[0] * dout)), qkv, n_probe=200)
     assert_grad_close(dqkv.reshape(-1)[idx], numeric)
 
 
 def test_dropout_does_not_depend_on_how_the_batch_is_split():
     B, T, H = 4, 20, 2
     qkv = np.random.default_rng(6).normal(size=(B, T, 3 * H * 4))
-    options = dict(dropout=0.5, dropout_key=99)
-    whole = run(qkv, H, **options)[0]
-    halves = [run(qkv[a:a + 2], H, row_offset=a, **options)[0] for a in (0, 2)]
+    whole = run(qkv, H, drop=Dropout(0.5, 99, 0).at(attention_site(0)))[0]
+    halves = [run(qkv[a:a + 2], H, drop=Dropout(0.5, 99, a).at(attention_site(0)))[0] for a in (0, 2)]
     np.testing.assert_array_equal(whole, np.concatenate(halves))
-    assert not np.array_equal(run(qkv, H, dropout=0.5, dropout_key=100)[0], whole)  # another key, another mask
+    assert not np.array_equal(run(qkv, H, drop=Dropout(0.5, 100, 0).at(attention_site(0)))[0], whole)
 
 
 @pytest.mark.parametrize("p", [0.1, 0.5])
-def test_dropout_keeps_the_right_fraction(p):
-    threshold = np.uint64(drop_threshold(p))
-    n = 0
-    kept = 0
-    for row in range(3):
-        sid = np.uint64(stream(np.uint64(12345), row, 1))
-        for i in range(100):
-            for j in range(100):
-                kept += keep(sid, i, j, threshold)
-                n += 1
-    sigma = math.sqrt(p * (1 - p) / n)
-    assert abs(kept / n - (1 - p)) < 4 * sigma
+def test_dropout_keeps_the_right_fraction_of_probabilities(p):
+    B, T, H = 2, 160, 2
+    drop = Dropout(p, key=12345, first_row=0).at(attention_site(3))
+    # with v = 1 for every key and no dropout each output is exactly 1; with dropout it is the kept
+    # fraction of the probability mass times 1/(1-p): its mean over many rows estimates the keep rate
+    qkv = np.zeros((B, T, 3 * H * 4))
+    qkv[:, :, 2 * H * 4:] = 1.0
+    out = run(qkv, H, drop=drop)[0]
+    mask = dropout_mask(drop, B, H, T)
+    kept = mask.sum() / (np.tril(np.ones((T, T))).sum() * B * H)
+    n = np.tril(np.ones((T, T))).sum() * B * H
+    assert abs(kept - (1 - p)) < 4 * math.sqrt(p * (1 - p) / n)
+    # uniform probabilities 1/(i+1): out = kept count in the row / (i+1) / (1-p)
+    expected = mask.sum(-1) / np.arange(1, T + 1) / (1 - p)
+    np.testing.assert_allclose(out[:, :, ::4].transpose(0, 2, 1), expected, rtol=1e-12)

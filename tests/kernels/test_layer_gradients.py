@@ -7,7 +7,7 @@ import pytest
 
 from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward
 from cllm.kernels.encoder import encoder_backward, encoder_forward
-from cllm.kernels.gelu import gelu_backward, gelu_forward
+from cllm.kernels.gelu import gelu_backward, gelu_exact_backward, gelu_exact_forward, gelu_forward
 from cllm.kernels.layernorm import layernorm_backward, layernorm_forward
 from cllm.kernels.linear import linear_backward, linear_forward, linear_residual_forward
 
@@ -92,6 +92,22 @@ def test_gelu_backward_matches_finite_differences(rng):
     np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-12)
     dinp = np.zeros(50)
     gelu_backward(dinp, inp, dout)
+    assert_grad_close(dinp, numerical_grad(f, inp)[1])
+
+
+def test_exact_gelu_backward_matches_finite_differences(rng):
+    inp = rng.normal(scale=2.0, size=50)
+    out, dout = np.zeros(50), rng.normal(size=50)
+
+    def f():
+        gelu_exact_forward(out, inp)
+        return float(np.sum(out * dout))
+
+    f()
+    expected = np.array([0.5 * x * (1 + math.erf(x / math.sqrt(2))) for x in inp])
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
+    dinp = dout.copy()
+    gelu_exact_backward(dinp, inp, dinp)  # in place
     assert_grad_close(dinp, numerical_grad(f, inp)[1])
 
 

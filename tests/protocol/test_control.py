@@ -1,7 +1,6 @@
 """Control requests: every command round-trips; anything else is an error value, never an exception."""
 
 import json
-import random
 
 import pytest
 
@@ -26,6 +25,7 @@ def test_every_command_round_trips(command):
     (b'{"v": 1, "id": -1, "command": "status", "args": {}}', "bad_field"),
     (b'{"v": 1, "id": 1, "command": "status", "args": {}, "x": 1}', "bad_field"),
     (b'{"v": 1, "id": 1, "command": "reboot", "args": {}}', "unknown_command"),
+    (b'{"v": 1, "id": 1, "command": ["status"], "args": {}}', "unknown_command"),  # not a string, not hashable
     (b'{"v": 1, "id": 1, "command": "workers", "args": {"count": 0}}', "bad_args"),
     (b'{"v": 1, "id": 1, "command": "workers", "args": {"count": true}}', "bad_args"),
     (b'{"v": 1, "id": 1, "command": "workers", "args": {}}', "bad_args"),
@@ -39,19 +39,19 @@ def test_bad_requests_are_error_values(line, code):
     assert isinstance(result, WireError) and result.code == code
 
 
-def test_random_bytes_never_raise():
-    rng = random.Random(0)
-    valid = encode_request(ControlRequest(1, "workers", {"count": 3}))
-    for _ in range(3000):
-        data = bytearray(valid)
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(len(data))] = rng.randrange(256)
-        decode_request(bytes(data))
-        decode_request(bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))))
-
-
 def test_replies_carry_a_result_or_an_error():
     ok = decode_reply(encode_reply(3, {"step": 5}))
     assert ok == {"v": 1, "id": 3, "ok": True, "result": {"step": 5}}
     bad = json.loads(encode_reply(3, error=WireError("refused", "no run")))
     assert bad["ok"] is False and bad["error"] == {"code": "refused", "detail": "no run"}
+
+
+def test_a_result_that_is_not_finite_travels_as_null():
+    assert decode_reply(encode_reply(3, {"loss": float("nan"), "losses": [1.5, float("inf")]}))["result"] == {
+        "loss": None, "losses": [1.5, None]}
+
+
+@pytest.mark.parametrize("line", [b"[" * 50_000, b'{"ok": 1}', b'{"ok": true}', b'{"ok": false, "error": "x"}',
+                                  b'{"ok": false, "error": {"code": 1, "detail": "x"}}', b"\xff"])
+def test_replies_that_are_not_replies_are_error_values(line):
+    assert isinstance(decode_reply(line), WireError)

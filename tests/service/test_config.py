@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cllm.coord.cli.main import RUN_SETTINGS
 from cllm.coord.errors import UserError
-from cllm.coord.service.config import TABLES, load_config, merge_job, reload_changes, training_settings
+from cllm.coord.service.config import RUN_KEYS, TABLES, keys_of, load_config, merge_job, reload_changes
+from cllm.coord.training.config import RunConfig, values_of
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cllm.toml"
 
@@ -38,23 +38,26 @@ def test_example_loads_and_holds_every_key_at_its_default(tmp_path):
     assert dataclasses.replace(example, source=empty.source) == empty
     written = tomllib.loads(EXAMPLE.read_text())
     assert list(written) == list(TABLES)
-    for table, settings in TABLES.items():
-        assert list(written[table]) == [f.name for f in dataclasses.fields(settings)], table
+    for table in TABLES:
+        assert sorted(written[table]) == sorted(keys_of(table)), table
+        assert [key for key in written[table] if key in RUN_KEYS[table]] == list(RUN_KEYS[table]), table
 
 
 def test_defaults(tmp_path):
     c = load_config(write(tmp_path, ""), {})
     assert c.source == tmp_path / "cllm.toml"
-    assert c.data.path is None and c.data.tokenizer == "char" and c.data.include == ()
+    assert c.run.data.path is None and c.run.data.tokenizer == "char" and c.run.data.include == ()
     assert c.service.state_dir == tmp_path / "cllm-state"
     assert c.service.socket == tmp_path / "cllm-state" / "control.sock"
-    assert c.data.cache_dir == tmp_path / "cllm-state" / "cache"
-    assert dataclasses.asdict(c.model) == {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
-    t = c.training
-    assert (t.steps, t.threads, t.optimizer, t.learning_rate, t.lr_schedule, t.decay_steps) == \
-        (1000, 0, "adamw", 1e-3, "constant", 0)
-    assert (t.eval_interval, t.checkpoint_interval, t.keep_checkpoints) == (100, 100, 3)
-    assert (c.service.step_timeout, c.service.stall_timeout, c.service.memory_limit_mb) == (600.0, 300.0, 0)
+    assert c.run.data.cache_dir == tmp_path / "cllm-state" / "cache"
+    assert dataclasses.asdict(c.run.model) == {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64,
+                                               "init_from": None}
+    t = values_of(c.run)
+    assert {k: t[k] for k in ("steps", "threads", "optimizer", "learning_rate", "lr_schedule", "decay_steps")} == \
+        {"steps": 1000, "threads": 0, "optimizer": "adamw", "learning_rate": 1e-3, "lr_schedule": "constant",
+         "decay_steps": 0}
+    assert (t["eval_interval"], t["checkpoint_interval"], t["keep_checkpoints"]) == (100, 100, 3)
+    assert (c.run.step_timeout, c.service.stall_timeout, c.service.memory_limit_mb) == (600.0, 300.0, 0)
     assert (c.logging.level, c.logging.format) == ("info", "json")
     assert (c.metrics.enabled, c.metrics.address, c.metrics.port) == (False, "127.0.0.1", 9464)
 
@@ -63,10 +66,10 @@ BAD_VALUES = [
     ("data", "path", "3"), ("data", "tokenizer", '"word"'), ("data", "vocab_size", "0"),
     ("data", "include", '"*.py"'), ("data", "exclude", "[1]"), ("data", "cache_dir", "false"),
     ("model", "embed_dim", "0"), ("model", "num_layers", "true"), ("model", "num_heads", "-2"),
-    ("model", "seq_len", "1.5"), ("model", "embed_dim", '"128"'),
+    ("model", "seq_len", "1.5"), ("model", "embed_dim", '"128"'), ("training", "threads", "1025"),
     ("training", "batch_size", "0"), ("training", "grad_accum", "-1"), ("training", "steps", "0"),
     ("training", "steps", "1e3"), ("training", "threads", "-1"), ("training", "seed", "-1"),
-    ("training", "optimizer", '"lion"'), ("training", "learning_rate", "0"), ("training", "learning_rate", "-1e-3"),
+    ("training", "optimizer", '"lion"'), ("training", "learning_rate", "-1e-3"),
     ("training", "learning_rate", "inf"), ("training", "learning_rate", "nan"), ("training", "learning_rate", '"1e-3"'),
     ("training", "learning_rate", "true"), ("training", "beta1", "1.0"), ("training", "beta1", "-0.1"),
     ("training", "beta2", "1"), ("training", "eps", "0"), ("training", "weight_decay", "-0.1"),
@@ -93,11 +96,11 @@ def test_bad_values_are_refused_naming_file_table_and_key(tmp_path, table, key, 
 
 
 @pytest.mark.parametrize("text,fragment", [
-    ("[model]\nembed_dim = 130\nnum_heads = 4\n", "[model] embed_dim 130 is not divisible by num_heads 4"),
-    ('[data]\ntokenizer = "bpe"\nvocab_size = 256\n', '[data] vocab_size must be at least 257 with tokenizer = "bpe"'),
-    ('[training]\nlr_schedule = "exponential"\n', '[training] min_lr must be > 0 with lr_schedule = "exponential"'),
+    ("[model]\nembed_dim = 130\nnum_heads = 4\n", "[model] embed_dim 130 is not divisible by [model] num_heads 4"),
+    ('[data]\ntokenizer = "bpe"\nvocab_size = 256\n', '[data] vocab_size must be at least 257 with the bpe tokenizer'),
+    ('[training]\nlr_schedule = "exponential"\n', 'the exponential schedule needs a positive [training] min_lr'),
     ('[training]\nlr_schedule = "cosine"\nlearning_rate = 0.01\nmin_lr = 0.1\n',
-     "[training] min_lr 0.1 is above learning_rate 0.01"),
+     "[training] min_lr 0.1 is above [training] learning_rate 0.01"),
     (f'[service]\nsocket = "/tmp/{"s" * 110}.sock"\n', "is longer than a Unix socket path may be"),
 ])
 def test_combinations_that_cannot_work_are_refused(tmp_path, text, fragment):
@@ -107,15 +110,15 @@ def test_combinations_that_cannot_work_are_refused(tmp_path, text, fragment):
 
 def test_char_vocab_size_and_constant_min_lr_are_not_constrained(tmp_path):
     c = load_config(write(tmp_path, "[data]\nvocab_size = 100\n[training]\nmin_lr = 1.0\n"), {})
-    assert c.data.vocab_size == 100 and c.training.min_lr == 1.0
+    assert c.run.data.vocab_size == 100 and c.run.schedule.min_lr == 1.0
 
 
 def test_floats_take_integers_and_lists_become_tuples(tmp_path):
     c = load_config(write(tmp_path, '[training]\nlearning_rate = 1\n[service]\nstep_timeout = 60\n'
                                     '[data]\ninclude = ["*.py", "*.md"]\n'), {})
-    assert c.training.learning_rate == 1.0 and isinstance(c.training.learning_rate, float)
-    assert c.service.step_timeout == 60.0 and isinstance(c.service.step_timeout, float)
-    assert c.data.include == ("*.py", "*.md")
+    assert c.run.schedule.lr == 1.0 and isinstance(c.run.schedule.lr, float)
+    assert c.run.step_timeout == 60.0 and isinstance(c.run.step_timeout, float)
+    assert c.run.data.include == ("*.py", "*.md")
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -149,7 +152,7 @@ def test_state_and_runtime_directories_come_from_systemd(tmp_path):
     path = write(tmp_path, "")
     c = load_config(path, {"STATE_DIRECTORY": "/var/lib/cllm:/var/lib/other", "RUNTIME_DIRECTORY": "/run/cllm"})
     assert c.service.state_dir == Path("/var/lib/cllm")
-    assert c.data.cache_dir == Path("/var/lib/cllm/cache")
+    assert c.run.data.cache_dir == Path("/var/lib/cllm/cache")
     assert c.service.socket == Path("/run/cllm/control.sock")
     c = load_config(path, {"STATE_DIRECTORY": "/var/lib/cllm", "RUNTIME_DIRECTORY": "/run/cllm:/run/other"})
     assert c.service.socket == Path("/run/cllm/control.sock")
@@ -160,7 +163,7 @@ def test_state_and_runtime_directories_come_from_systemd(tmp_path):
 def test_keys_given_win_over_systemd_directories(tmp_path):
     path = write(tmp_path, '[service]\nstate_dir = "/srv/cllm"\nsocket = "/srv/c.sock"\n')
     c = load_config(path, {"STATE_DIRECTORY": "/var/lib/cllm", "RUNTIME_DIRECTORY": "/run/cllm"})
-    assert (c.service.state_dir, c.service.socket, c.data.cache_dir) == \
+    assert (c.service.state_dir, c.service.socket, c.run.data.cache_dir) == \
         (Path("/srv/cllm"), Path("/srv/c.sock"), Path("/srv/cllm/cache"))
 
 
@@ -172,11 +175,11 @@ def test_relative_paths_are_relative_to_the_config_file_not_the_cwd(tmp_path, mo
     c = load_config(Path("../etc/cllm.toml"), {"STATE_DIRECTORY": "/var/lib/cllm"})
     etc = (tmp_path / "etc").resolve()
     assert c.source.resolve() == etc / "cllm.toml"
-    assert c.data.path.resolve() == etc / "corpus.txt"
-    assert c.data.cache_dir.resolve() == tmp_path.resolve() / "cache"
+    assert c.run.data.path.resolve() == etc / "corpus.txt"
+    assert c.run.data.cache_dir.resolve() == tmp_path.resolve() / "cache"
     assert c.service.state_dir.resolve() == etc / "state"
     assert c.service.socket.resolve() == etc / "run" / "c.sock"
-    assert all(p.is_absolute() for p in (c.data.path, c.data.cache_dir, c.service.state_dir, c.service.socket))
+    assert all(p.is_absolute() for p in (c.run.data.path, c.run.data.cache_dir, c.service.state_dir, c.service.socket))
 
 
 def test_socket_group_must_exist(tmp_path):
@@ -209,27 +212,23 @@ def test_reload_changes_separates_what_applies_now_from_what_needs_a_restart(tmp
     assert restart == ["model.num_layers", "training.learning_rate", "metrics.enabled"]
 
 
-def test_training_settings_use_the_command_line_names(tmp_path):
-    c = load_config(write(tmp_path, ""), {})
-    settings = training_settings(c)
-    assert list(settings) == list(RUN_SETTINGS)
-    assert settings["data"] is None and settings["decay_steps"] is None and settings["include"] == []
+def test_run_settings_are_those_of_the_command_line(tmp_path):
     c = load_config(write(tmp_path, '[data]\npath = "corpus.txt"\nexclude = ["*.md"]\n'
-                                    "[training]\ndecay_steps = 800\nsteps = 900\n"), {})
-    settings = training_settings(c)
-    assert settings["data"] == str(tmp_path / "corpus.txt") and settings["exclude"] == ["*.md"]
-    assert (settings["decay_steps"], settings["steps"]) == (800, 900)
+                                    "[training]\ndecay_steps = 800\nsteps = 900\nthreads = 3\n"), {})
+    assert isinstance(c.run, RunConfig)
+    assert c.run.data.path == tmp_path / "corpus.txt" and c.run.data.exclude == ("*.md",)
+    assert (c.run.schedule.decay_steps, c.run.steps, c.run.threads) == (800, 900, 3)
 
 
 def test_a_job_overrides_data_model_and_training_checked_like_the_file(tmp_path):
     config = load_config(write(tmp_path, "[training]\nsteps = 300\n"), {})
     job = merge_job(config, {"training": {"steps": 30, "learning_rate": 1}, "data": {"path": "more.txt"}})
-    assert (job.training.steps, job.training.learning_rate) == (30, 1.0)
-    assert job.data.path == tmp_path / "more.txt" and job.service == config.service
+    assert (job.run.steps, job.run.schedule.lr) == (30, 1.0)
+    assert job.run.data.path == tmp_path / "more.txt" and job.service == config.service
     for overrides, expected in [
         ({"training": {"lerning_rate": 1}}, "job: unknown key [training] lerning_rate; allowed: "),
         ({"service": {"socket": "/tmp/x"}}, "job: unknown table [service]; a job may set: data, model, training"),
-        ({"model": {"num_heads": 5}}, "job: [model] embed_dim 128 is not divisible by num_heads 5"),
+        ({"model": {"num_heads": 5}}, "job: [model] embed_dim 128 is not divisible by [model] num_heads 5"),
         ({"training": {"steps": True}}, "job: [training] steps must be a positive integer, got true"),
     ]:
         with pytest.raises(UserError) as caught:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cllm.coord.service.config import ServiceSettings
+from cllm.coord.training.config import RunConfig
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "cllm.service"
 
@@ -62,7 +62,7 @@ def test_numba_cache_is_in_the_writable_state_directory():
 
 def test_systemd_waits_out_a_slow_step_before_killing():
     service = directives(UNIT.read_text())["Service"]
-    step_timeout = ServiceSettings().step_timeout
+    step_timeout = RunConfig().step_timeout
     # a step that times out is retried once before the run fails: only a wedged process may meet the watchdog
     assert float(service["WatchdogSec"][0]) > 2 * step_timeout
     # a stop finishes the step in flight, then writes a checkpoint

@@ -1,0 +1,87 @@
+"""`cllm ctl`: steer a running daemon through its control socket."""
+
+import os
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from .options import positive_float
+
+CTL_COMMANDS = ("status", "pause", "resume", "checkpoint", "stop", "workers", "stats", "jobs", "submit", "cancel")
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("ctl", help="steer a running daemon through its control socket")
+    p.add_argument("command", choices=CTL_COMMANDS)
+    p.add_argument("argument", nargs="?", help="workers: the count; submit: a job's TOML file; cancel: a job id")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--socket", type=Path, help="the daemon's control socket")
+    where.add_argument("--config", type=Path, help="the daemon's configuration, to find its socket")
+    p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds to wait for the answer")
+    p.set_defaults(run=run)
+
+
+def ctl_args(command: str, argument) -> dict:
+    import tomllib
+
+    needs = {"workers": "a worker count", "submit": "a job file", "cancel": "a job id"}
+    if command not in needs:
+        if argument is not None:
+            raise UserError(f"'{command}' takes no argument")
+        return {}
+    if argument is None:
+        raise UserError(f"'{command}' needs {needs[command]}")
+    if command == "workers":
+        if not argument.isdigit() or int(argument) <= 0:
+            raise UserError(f"the worker count must be a positive whole number, got {argument!r}")
+        return {"count": int(argument)}
+    if command == "cancel":
+        return {"id": argument}
+    try:
+        return {"job": tomllib.loads(Path(argument).read_text())}
+    except OSError as error:
+        raise UserError(f"cannot read {argument}: {error.strerror}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"{argument} is not valid TOML: {error}") from None
+
+
+def run(args) -> int:
+    import json
+    import socket
+
+    from cllm.protocol.control import ControlRequest, decode_reply, encode_request
+    from cllm.protocol.wire import WireError
+
+    request = ControlRequest(id=os.getpid(), command=args.command, args=ctl_args(args.command, args.argument))
+    if args.socket is not None:
+        path = args.socket
+    else:
+        from ..service.config import load_config
+        path = load_config(args.config).service.socket if args.config else load_config_default_socket()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(args.timeout)
+        try:
+            sock.connect(str(path))
+            sock.sendall(encode_request(request))
+            reply = sock.makefile("rb").readline()
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise UserError(f"no daemon answers at {path}; is 'cllm serve' running?") from None
+        except TimeoutError:
+            raise UserError(f"no answer from {path} within {args.timeout:g}s") from None
+        except OSError as error:
+            raise UserError(f"cannot talk to {path}: {error.strerror or error}") from None
+    body = decode_reply(reply)
+    if isinstance(body, WireError) or not reply:
+        raise UserError(f"the daemon at {path} sent no valid reply")
+    if not body["ok"]:
+        print(f"cllm ctl: {args.command} refused: {body['error']['detail']}", file=sys.stderr)
+        return 1
+    print(json.dumps(body["result"], indent=2))
+    return 0
+
+
+def load_config_default_socket() -> Path:
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime:
+        return Path(runtime) / "control.sock"
+    raise UserError("give --socket or --config to find the daemon's control socket")

@@ -1,0 +1,145 @@
+"""`cllm train`: its options are the run's declared settings (coord.training.config)."""
+
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+from ..logs import configure
+from ..settings import Declared, from_text
+from ..training.config import BY_NAME, SETTINGS, RunConfig, check, from_checkpoint, with_values
+from .options import add_logging
+
+GROUPS = {"model": "model size", "data": "data", "optimizer": "optimisation", "schedule": "learning-rate schedule",
+          "eval": "evaluation", "checkpoints": "checkpoints"}
+
+
+def spell(name: str) -> str:
+    """How the command line names a setting in messages."""
+    return "DATA" if name == "path" else "--" + name.replace("_", "-")
+
+
+def option(group, s: Declared) -> None:
+    default = "the cores this process may use" if s.name == "threads" else s.default
+    kwargs = {"dest": s.name, "default": None, "help": f"{s.help} (default: {default})"}
+    if s.rule.kind is bool:
+        kwargs.update(action="store_const", const=True, help=s.help)
+    elif s.rule.kind is tuple:
+        kwargs.update(action="append", help=f"{s.help} (repeatable)")
+    elif s.rule.choices:
+        kwargs.update(choices=s.rule.choices)
+    else:
+        kwargs.update(type=from_text(s.rule), metavar={int: "N", float: "X"}.get(s.rule.kind, "PATH"))
+    group.add_argument(spell(s.name), **kwargs)
+
+
+def add_parser(commands) -> None:
+    p = commands.add_parser("train", help="train a model on a text corpus")
+    p.add_argument("data", nargs="?", type=Path, help=BY_NAME["path"].help)
+    groups = {}
+    length = p.add_mutually_exclusive_group()
+    for s in SETTINGS:
+        if s.name == "path":
+            continue
+        if s.name in ("steps", "epochs"):
+            option(length, s)
+            continue
+        title = GROUPS.get(s.path[0], "run")
+        if title not in groups:
+            groups[title] = p.add_argument_group(title)
+        option(groups[title], s)
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from its checkpoint directory; the model, tokenizer "
+                                               "and settings come from the checkpoint unless given again")
+    add_logging(p)
+    p.set_defaults(run=run)
+
+
+def given_values(args) -> dict:
+    values = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name, None) is not None}
+    if args.data is not None:
+        values["path"] = args.data
+    for name in ("include", "exclude"):
+        if name in values:
+            values[name] = tuple(values[name])
+    if "steps" in values:
+        values["epochs"] = 0
+    return values
+
+
+def sizes_of(model) -> dict:
+    return {"embed_dim": model.n_embd, "num_layers": model.n_layer, "num_heads": model.n_head}
+
+
+def refuse_conflicts(given: dict, have: dict, whose: str, advice: str) -> None:
+    for name, value in have.items():
+        if name in given and given[name] != value:
+            raise UserError(f"{spell(name)} {given[name]} differs from {whose} {value}; {advice}")
+
+
+def resumed_values(given: dict, resumed, saved) -> dict:
+    """The settings of a resumed run: the checkpoint's, with what the command line gives again."""
+    values = from_checkpoint(saved.settings, str(resumed.path))
+    values.setdefault("seq_len", resumed.model.block_size)  # checkpoints that did not keep it trained at full length
+    have = {**sizes_of(resumed.model), "seq_len": values["seq_len"], "tokenizer": resumed.tokenizer.kind}
+    refuse_conflicts(given, have, "the resumed run's", "leave it out when resuming")
+    if "vocab_size" in given:
+        raise UserError("--vocab-size applies to a new tokenizer; a resumed run keeps its own")
+    values["checkpoint_dir"] = resumed.path.parent
+    return {**values, **given}
+
+
+def initial_values(given: dict) -> dict:
+    """The settings of a run that starts from the model directory ``--init-from``: its shape and
+    tokenizer are the model's, its sequence length at most the model's context (by default all of it)."""
+    from ..checkpoints.hf import read_config
+
+    directory = given["init_from"]
+    model = read_config(directory)
+    refuse_conflicts(given, sizes_of(model), f"{directory}'s", "leave it out with --init-from")
+    for name in ("tokenizer", "vocab_size"):
+        if name in given:
+            raise UserError(f"{spell(name)} applies to a new tokenizer; with --init-from the tokenizer is "
+                            f"{directory}'s")
+    if given.get("seq_len", 0) > model.block_size:
+        raise UserError(f"--seq-len {given['seq_len']} is longer than the {model.block_size} positions of "
+                        f"{directory}; use at most {model.block_size}")
+    return {"seq_len": model.block_size, **given}
+
+
+def config_from(args, resumed=None, saved=None) -> RunConfig:
+    given = given_values(args)
+    if resumed:
+        values = resumed_values(given, resumed, saved)
+    else:
+        values = initial_values(given) if "init_from" in given else given
+    config = with_values(RunConfig(), values)
+    check(config, spell)
+    return config
+
+
+def run(args) -> int:
+    from ..checkpoints.store import load_checkpoint, load_training_state
+    from ..signals import StopSignals
+    from ..training.run import open_run
+    from ..training.trainer import run_event_loop
+    from .progress import ProgressBar
+
+    resumed = saved = None
+    if args.resume is not None and args.init_from is not None:
+        raise UserError("--init-from starts a new run from a model and --resume continues a run; give one of them")
+    if args.resume is not None:
+        resumed = load_checkpoint(args.resume)
+        saved = load_training_state(resumed.path)
+    config = config_from(args, resumed, saved)
+    as_json = configure(args.log_format, args.log_level)
+    if not as_json and args.log_interval is None:  # the progress bar shows every step
+        config = with_values(config, {"log_interval": 0})
+    progress = ProgressBar if not as_json and sys.stderr.isatty() else None
+    trainer = open_run(config, resumed, saved, progress=progress)
+
+    async def train():
+        with StopSignals(trainer.request_stop):
+            return await trainer.run()
+
+    run_event_loop(train())
+    return 0
+
