@@ -14,6 +14,7 @@ leaves every listed checkpoint whole. Loading a run directory takes its newest c
 that loads, with one warning naming those it passed over.
 """
 
+import errno
 import json
 import os
 import re
@@ -38,6 +39,7 @@ PREFIX = "transformer."
 BEST_FILE = "best.json"
 STATE_FILE = "training_state.npz"
 MARKER = "checkpoint_complete.json"
+RUN_FILE = "run.json"  # the id of the run a run directory belongs to (checkpoints/run_dir.py)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 SCRATCH = ".checkpoint-*.tmp-*"
 
@@ -90,7 +92,16 @@ def gpt2_config(cfg: GPTConfig, eos_id) -> dict:
     }
 
 
-def write_marker(directory: Path, step: int) -> None:
+def run_of(path: Path, name: str) -> str | None:
+    """The run id recorded in the JSON file ``path / name``: run.json, or a checkpoint's marker."""
+    try:
+        value = json.loads((Path(path) / name).read_text()).get("run")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def write_marker(directory: Path, step: int, run_id: str | None) -> None:
     """Flush every file of ``directory`` to disk, then write the completion marker listing them."""
     files = {}
     for item in sorted(directory.rglob("*")):
@@ -99,7 +110,7 @@ def write_marker(directory: Path, step: int) -> None:
                 os.fsync(f.fileno())
             files[str(item.relative_to(directory))] = item.stat().st_size
     with open(directory / MARKER, "w") as f:
-        f.write(json.dumps({"format": 1, "step": step, "files": files}, indent=2) + "\n")
+        f.write(json.dumps({"format": 1, "run": run_id, "step": step, "files": files}, indent=2) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -126,11 +137,14 @@ def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray
     staging = Scratch(run_dir / scratch_name(f".{final.name}.tmp-"), directory=True)
     try:
         tensors = {PREFIX + name: np.ascontiguousarray(view) for name, view in ParamLayout(cfg).views(params).items()}
-        save_file(tensors, str(staging.path / "model.safetensors"), metadata={"format": "pt"})
+        try:
+            save_file(tensors, str(staging.path / "model.safetensors"), metadata={"format": "pt"})
+        except SafetensorError as error:  # the library's word for an I/O error, such as a full disk
+            raise OSError(errno.EIO, f"model.safetensors: {error}") from None
         (staging.path / "config.json").write_text(json.dumps(gpt2_config(cfg, tokenizer.eos_id), indent=2) + "\n")
         tokenizer.save(staging.path)
         np.savez(staging.path / STATE_FILE, **state)
-        write_marker(staging.path, step)  # last: after every other file of the checkpoint
+        write_marker(staging.path, step, run_of(run_dir, RUN_FILE))  # last: after every other file
         replace_directory(staging.path, final)
     except BaseException:
         staging.remove()
