@@ -1,9 +1,11 @@
-"""Checkpoints: a directory the Hugging Face ecosystem loads as a GPT-2 model.
+"""Checkpoints: a directory the Hugging Face ecosystem loads as a GPT-2 model and its tokenizer.
 
 ``model.safetensors`` holds the tensors under their GPT-2 names (``transformer.wte.weight``,
-``transformer.h.0.attn.c_attn.weight`` in the Conv1D (in, out) layout, ...), ``config.json``
-is a GPT-2 config, the tokenizer sits beside them (``tokenizer.json`` or ``vocab.json``),
-and ``training_state.npz`` carries what exact resumption needs.
+``transformer.h.0.attn.c_attn.weight`` in the Conv1D (in, out) layout, ..., ``lm_head.weight``
+when the head is untied), ``config.json`` is a GPT-2 config, ``tokenizer.json`` and the files
+transformers reads beside it (``tokenizer_config.json``, ``special_tokens_map.json``,
+``generation_config.json``) sit beside them, and ``training_state.npz`` carries what exact
+resumption needs. Loading reads any Hugging Face GPT-2 directory the same way (see hf.py).
 
 A checkpoint is written into a scratch directory beside its final place; every file is
 flushed to disk, then the completion marker ``checkpoint_complete.json`` (which lists every
@@ -25,17 +27,17 @@ from typing import NamedTuple
 import numpy as np
 import structlog
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from cllm.kernels.model import GPTConfig, ParamLayout
+from cllm.kernels.model import GPTConfig
 
 from ..errors import UserError
 from ..data.tokenizer import load_tokenizer
 from ..files import Scratch, discard, remove_stale, replace_directory, scratch_name, write_atomically
+from .hf import CONFIG_FILE, WEIGHTS_FILE, hf_config, hf_tensors, read_config, read_weights, tokenizer_side_files
 
 log = structlog.get_logger("cllm.checkpoints")
 
-PREFIX = "transformer."
 BEST_FILE = "best.json"
 STATE_FILE = "training_state.npz"
 MARKER = "checkpoint_complete.json"
@@ -65,31 +67,6 @@ class TrainingState(NamedTuple):
     @property
     def step(self) -> int:
         return int(self.run_state[0])
-
-
-def gpt2_config(cfg: GPTConfig, eos_id) -> dict:
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.block_size,
-        "n_ctx": cfg.block_size,
-        "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "layer_norm_epsilon": 1e-5,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
-        "bos_token_id": eos_id,
-        "eos_token_id": eos_id,
-        "torch_dtype": "float32",
-    }
 
 
 def run_of(path: Path, name: str) -> str | None:
@@ -129,20 +106,22 @@ def incomplete(path: Path) -> str | None:
     return None
 
 
-def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray, tokenizer, state: dict) -> Path:
-    """Write ``run_dir/checkpoint-<step>`` atomically; returns its path."""
+def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray, tokenizer, state: dict,
+                    dropout: float = 0.0) -> Path:
+    """Write ``run_dir/checkpoint-<step>`` atomically; returns its path. ``dropout`` is the run's, for config.json."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"checkpoint-{step:08d}"
     staging = Scratch(run_dir / scratch_name(f".{final.name}.tmp-"), directory=True)
     try:
-        tensors = {PREFIX + name: np.ascontiguousarray(view) for name, view in ParamLayout(cfg).views(params).items()}
         try:
-            save_file(tensors, str(staging.path / "model.safetensors"), metadata={"format": "pt"})
+            save_file(hf_tensors(cfg, params), str(staging.path / WEIGHTS_FILE), metadata={"format": "pt"})
         except SafetensorError as error:  # the library's word for an I/O error, such as a full disk
-            raise OSError(errno.EIO, f"model.safetensors: {error}") from None
-        (staging.path / "config.json").write_text(json.dumps(gpt2_config(cfg, tokenizer.eos_id), indent=2) + "\n")
+            raise OSError(errno.EIO, f"{WEIGHTS_FILE}: {error}") from None
+        (staging.path / CONFIG_FILE).write_text(json.dumps(hf_config(cfg, tokenizer.eos_id, dropout), indent=2) + "\n")
         tokenizer.save(staging.path)
+        for name, content in tokenizer_side_files(cfg, tokenizer.eos_id).items():
+            (staging.path / name).write_text(json.dumps(content, indent=2) + "\n")
         np.savez(staging.path / STATE_FILE, **state)
         write_marker(staging.path, step, run_of(run_dir, RUN_FILE))  # last: after every other file
         replace_directory(staging.path, final)
@@ -214,20 +193,9 @@ def list_checkpoints(run_dir: Path) -> list:
     return [p for _, p in sorted(found)]
 
 
-def read_config(path: Path) -> GPTConfig:
-    file = path / "config.json"
-    try:
-        raw = json.loads(file.read_text())
-        return GPTConfig(vocab_size=int(raw["vocab_size"]), block_size=int(raw["n_positions"]),
-                         n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]), n_embd=int(raw["n_embd"]))
-    except FileNotFoundError:
-        raise UserError(f"{file} is missing; the checkpoint is incomplete") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{file} is not a GPT-2 config ({error}); the checkpoint is damaged") from None
-
-
 def load_checkpoint(path: Path) -> Checkpoint:
-    """The checkpoint at ``path``, or the newest checkpoint of the run directory ``path`` that loads."""
+    """The checkpoint (or any Hugging Face GPT-2 directory) at ``path``, or the newest checkpoint of the
+    run directory ``path`` that loads."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; give a checkpoint directory or a run's checkpoint directory")
@@ -255,24 +223,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def load_one(path: Path) -> Checkpoint:
     cfg = read_config(path)
-    layout = ParamLayout(cfg)
-    file = path / "model.safetensors"
-    try:
-        tensors = load_file(str(file))
-    except FileNotFoundError:
-        raise UserError(f"{file} is missing; the checkpoint is incomplete") from None
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
-    params = np.empty(layout.size, dtype=np.float32)
-    views = layout.views(params)
-    for name, view in views.items():
-        tensor = tensors.get(PREFIX + name)
-        if tensor is None:
-            raise UserError(f"{file} has no tensor {PREFIX + name}; it does not match its config.json")
-        if tensor.shape != view.shape:
-            raise UserError(f"{file}: {PREFIX + name} has shape {tuple(tensor.shape)}, config.json implies "
-                            f"{view.shape}")
-        view[...] = tensor
+    params = read_weights(path, cfg)
     tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise UserError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but config.json says "

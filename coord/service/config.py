@@ -9,6 +9,7 @@ configuration file's directory, so a file means the same from any cwd.
 
 import dataclasses
 import grp
+import importlib
 import ipaddress
 import os
 import stat
@@ -218,8 +219,9 @@ def parse_run(raw: Mapping, tables, where: str, base: Path, state_dir: Path) -> 
                     continue
                 raise UserError(f"{where}: unknown key [{table}] {key}; allowed: {', '.join(keys_of(table))}")
             values[key] = convert(allowed[key], value, f"{where}: [{table}] {key}")
-    if "path" in values:
-        values["path"] = located(base, values["path"])
+    for key in ("path", "init_from"):
+        if key in values:
+            values[key] = located(base, values[key])
     if "cache_dir" in values:
         values["cache_dir"] = located(base, values["cache_dir"]) or state_dir / "cache"
     return values
@@ -264,7 +266,7 @@ def check_combinations(c: ServiceConfig, where: str) -> None:
     s = c.service
     if c.metrics.enabled:
         try:
-            import prometheus_client  # noqa: F401  the metrics extra
+            importlib.import_module("prometheus_client")  # the metrics extra
         except ImportError:
             raise UserError(f"{where}: [metrics] enabled = true needs prometheus_client, which is not installed; "
                             "pip install 'cllm[metrics]', or set enabled = false") from None

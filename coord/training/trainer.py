@@ -92,7 +92,8 @@ class Trainer:
         self.params, self.optimizer, self.state = params, optimizer, state
         self.hooks = hooks or Hooks()
         self.progress = progress
-        self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout)
+        self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
+                             dropout=config.dropout, seed=config.seed)
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
         self.last_val_loss = None
@@ -317,7 +318,7 @@ class Trainer:
                           "settings": np.array(json.dumps(resumable(self.config)))}
         try:
             path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer,
-                                   training_state)
+                                   training_state, dropout=self.config.dropout)
             if best:
                 mark_best(self.run_dir, path, s.best_val)
             removed = prune_checkpoints(self.run_dir, self.config.checkpoints.keep)

@@ -3,7 +3,6 @@ that cannot be used. One line and a non-zero status before any training, never a
 
 import json
 import subprocess
-import sys
 import time
 
 import pytest

@@ -5,10 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from cllm.kernels.attention import attention_backward, attention_forward
 from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward
 from cllm.kernels.encoder import encoder_backward, encoder_forward
-from cllm.kernels.gelu import gelu_backward, gelu_forward
+from cllm.kernels.gelu import gelu_backward, gelu_exact_backward, gelu_exact_forward, gelu_forward
 from cllm.kernels.layernorm import layernorm_backward, layernorm_forward
 from cllm.kernels.linear import linear_backward, linear_forward, linear_residual_forward
 
@@ -96,41 +95,20 @@ def test_gelu_backward_matches_finite_differences(rng):
     assert_grad_close(dinp, numerical_grad(f, inp)[1])
 
 
-def test_attention_forward_is_causal_softmax_attention(rng):
-    B, T, H, hs = 2, 5, 3, 4
-    C = H * hs
-    qkv = rng.normal(size=(B, T, 3 * C))
-    q, k, v, y = (np.zeros((B, H, T, hs)) for _ in range(4))
-    att, out = np.zeros((B, H, T, T)), np.zeros((B, T, C))
-    attention_forward(out, q, k, v, att, y, qkv)
-    # a direct reference: per head, masked softmax of q.k / sqrt(hs), times v
-    Q, K, Vv = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, H, hs).transpose(0, 2, 1, 3) for i in range(3))
-    scores = Q @ K.transpose(0, 1, 3, 2) / math.sqrt(hs)
-    scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    ref = (probs @ Vv).transpose(0, 2, 1, 3).reshape(B, T, C)
-    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(att, probs, rtol=1e-10, atol=1e-12)
-
-
-def test_attention_backward_matches_finite_differences(rng):
-    B, T, H, hs = 2, 4, 2, 3
-    C = H * hs
-    qkv = rng.normal(size=(B, T, 3 * C))
-    q, k, v, y = (np.zeros((B, H, T, hs)) for _ in range(4))
-    att, out = np.zeros((B, H, T, T)), np.zeros((B, T, C))
-    dout = rng.normal(size=(B, T, C))
+def test_exact_gelu_backward_matches_finite_differences(rng):
+    inp = rng.normal(scale=2.0, size=50)
+    out, dout = np.zeros(50), rng.normal(size=50)
 
     def f():
-        attention_forward(out, q, k, v, att, y, qkv)
+        gelu_exact_forward(out, inp)
         return float(np.sum(out * dout))
 
     f()
-    dqkv = np.full((B, T, 3 * C), 9.0)  # overwritten
-    scratch = [np.zeros((B, H, T, hs)) for _ in range(4)]
-    attention_backward(dqkv, dout, q, k, v, att, *scratch, np.zeros((B, H, T, T)))
-    assert_grad_close(dqkv.reshape(-1), numerical_grad(f, qkv)[1])
+    expected = np.array([0.5 * x * (1 + math.erf(x / math.sqrt(2))) for x in inp])
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
+    dinp = dout.copy()
+    gelu_exact_backward(dinp, inp, dinp)  # in place
+    assert_grad_close(dinp, numerical_grad(f, inp)[1])
 
 
 def test_crossentropy_backward_matches_finite_differences(rng):

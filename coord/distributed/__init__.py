@@ -1,0 +1,1 @@
+"""One training run over several processes and machines: MPI ranks as the top level of the sphere tree."""

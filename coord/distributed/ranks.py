@@ -1,0 +1,296 @@
+"""One run over several MPI ranks: each rank's share of the work, and the collectives between them.
+
+Every collective runs on one communication thread of its own, in the order the event loop
+issues them, which is the same on every rank; the loop awaits it under the step timeout and
+never blocks. A collective that does not complete in time, or that MPI reports failed, ends
+the run on this rank with one log line naming the rank at fault (see ``watch``), then
+MPI_Abort, which makes the launcher end every other rank too. A rank that dies outright is
+usually ended sooner by the launcher itself: MPICH's mpiexec kills the whole job when one
+process exits badly.
+"""
+
+import asyncio
+import hashlib
+import os
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import structlog
+
+from ..errors import RunFailed, UserError
+from . import decision as words
+from .launch import detect, load_mpi
+from .watch import PeerWatch
+
+log = structlog.get_logger("cllm.ranks")
+
+POLL_FIRST_S, POLL_MAX_S = 10e-6, 200e-6  # a waiting collective is tested this often, backing off
+LOST_EXIT = 1  # the exit status of every rank when one is lost, as for any run that cannot go on
+ABORT_GRACE_S = 5.0
+STAT_KEYS = ("batches", "tokens", "busy_s", "waiting_s")  # Node Zero's statistics, summed up the tree  # MPI_Abort should end the process at once; past this, leave without it
+
+
+def share(count: int, rank: int, size: int) -> tuple:
+    """[a, b): rank ``rank``'s contiguous share of ``count`` items, as even as possible.
+
+    The last ranks take the extra items: with two ranks the split falls where a pairwise sum
+    over the items splits them, (a + b) // 2, so two ranks add the same two halves as one.
+    """
+    base, extra = divmod(count, size)
+    start = rank * base + max(0, rank - (size - extra))
+    return start, start + base + (1 if rank >= size - extra else 0)
+
+
+def layer_buckets(layout, tail: int = 0) -> list:
+    """[a, b) slices of a flat gradient (and ``tail`` words after it) in the order backward finishes
+    them: the last block with the final LayerNorm and the words, each block down to the first, then
+    the embeddings (the token embedding is also the head, so its gradient is final last)."""
+    starts = [layout.offsets[f"h.{i}.ln_1.weight"] for i in range(layout.cfg.n_layer)]
+    ends = starts[1:] + [layout.size + tail]
+    return [(starts[i], ends[i]) for i in reversed(range(len(starts)))] + [(0, starts[0])]
+
+
+def join(timeout: float):
+    """The Ranks of this process's MPI launch, or None when it runs alone."""
+    launch = detect()
+    if launch is None:
+        return None
+    mpi = load_mpi(launch)
+    return Ranks(mpi, mpi.COMM_WORLD, timeout)
+
+
+class Ranks:
+    """This process's place among the ranks of one data-parallel run, and the collectives it joins."""
+
+    def __init__(self, mpi, comm, timeout: float):
+        self.mpi, self.comm, self.timeout = mpi, comm, timeout
+        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpi")
+        self.issued = self.entered = self.completed = 0  # collective numbers
+        self.wait_s = 0.0  # time the event loop waited on collectives (communication not hidden by work)
+        self.busy_s = 0.0  # time the communication thread spent inside MPI
+        self.watch = PeerWatch(mpi, comm.Dup(), min(1.0, timeout / 10), lambda: (self.entered, self.completed))
+        self.beating = None
+        self.stopping = threading.Event()
+
+    @property
+    def is_root(self) -> bool:
+        return self.rank == 0
+
+    def share(self, count: int) -> tuple:
+        return share(count, self.rank, self.size)
+
+    def start(self) -> None:
+        """Start the heartbeats, and log where every rank runs (the launcher names a dead rank by its pid)."""
+        self.beating = threading.Thread(target=self.heartbeat, name="rank-heartbeat", daemon=True)
+        self.beating.start()
+        where = self.run_sync("the ranks' hosts", self.comm.gather,
+                              {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()}, 0)
+        if where is not None:
+            log.info("ranks_joined", size=self.size, ranks=where)
+
+    def close(self) -> None:
+        """After the last collective of the run: every rank stops here together."""
+        self.run_sync("the closing barrier", self.barrier)
+        self.stopping.set()
+        self.beating.join()
+        self.thread.shutdown(wait=True)
+
+    def heartbeat(self) -> None:
+        """On a thread of its own, so that ranks are heard from outside the event loop too (start-up, data)."""
+        while not self.stopping.wait(self.watch.interval):
+            self.watch.beat()
+
+    # ----- collectives -----
+
+    def submit(self, fn, *args) -> tuple:
+        """Issue one collective on the communication thread: (its number, a concurrent future)."""
+        self.issued += 1
+        return self.issued, self.thread.submit(self.enter, self.issued, fn, args)
+
+    def enter(self, seq: int, fn, args):
+        self.entered = seq
+        started = time.perf_counter()
+        result = fn(*args)
+        self.busy_s += time.perf_counter() - started
+        self.completed = seq
+        return result
+
+    async def settle(self, issued: list, what: str) -> list:
+        """Await collectives issued by ``submit``; a timeout or an MPI error ends the run (``lost``)."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.timeout):
+                return await asyncio.gather(*(asyncio.wrap_future(future) for _, future in issued))
+        except TimeoutError:
+            seq = next(seq for seq, future in issued if not future.done())
+            self.lost(seq, what, time.perf_counter() - started)
+        except self.mpi.Exception as error:
+            seq = next(seq for seq, future in issued if future.done() and future.exception() is not None)
+            self.lost(seq, what, time.perf_counter() - started, error)
+        finally:
+            self.wait_s += time.perf_counter() - started
+
+    async def run(self, what: str, fn, *args):
+        return (await self.settle([self.submit(fn, *args)], what))[0]
+
+    def run_sync(self, what: str, fn, *args, timeout: float | None = None):
+        """A collective awaited by blocking this thread: before the event loop runs (start-up, the data)."""
+        seq, future = self.submit(fn, *args)
+        started = time.perf_counter()
+        try:
+            return future.result(timeout or self.timeout)
+        except TimeoutError:
+            self.lost(seq, what, time.perf_counter() - started)
+        except self.mpi.Exception as error:
+            self.lost(seq, what, time.perf_counter() - started, error)
+        finally:
+            self.wait_s += time.perf_counter() - started
+
+    def sum_in_place(self, buffer: np.ndarray) -> None:
+        self.finish(self.comm.Iallreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM))
+
+    def barrier(self) -> None:
+        self.finish(self.comm.Ibarrier())
+
+    @staticmethod
+    def finish(request) -> None:
+        """Wait for a non-blocking collective by testing it between short sleeps.
+
+        MPICH's blocking calls spin a core while they wait for a late peer, and a spinning
+        communication thread halves the speed of a worker beside it; polling costs at most a
+        fifth of a millisecond once the data can move.
+        """
+        pause = POLL_FIRST_S
+        while not request.Test():
+            time.sleep(pause)
+            pause = min(2 * pause, POLL_MAX_S)
+
+    async def allreduce(self, buffer: np.ndarray, what: str) -> None:
+        """Sum a contiguous float32 or float64 ``buffer`` over the ranks, in place."""
+        await self.run(what, self.sum_in_place, buffer)
+
+    def buckets(self, buffer: np.ndarray, bounds: list, what: str) -> "Buckets":
+        return Buckets(self, buffer, bounds, what)
+
+    async def agree(self, decision: words.Decision) -> words.Decision:
+        """Every rank's view of rank 0's decision (and of any rank's stop), at the same boundary."""
+        buffer = np.zeros(words.WORDS, dtype=np.float64)
+        words.write(buffer, decision, self.rank)
+        await self.allreduce(buffer, "the agreement on a step boundary")
+        return words.read(buffer)
+
+    async def sum_step(self, grad: np.ndarray, bounds: list, loss_sum: float, tokens: int,
+                       decision: words.Decision, step: int) -> tuple:
+        """A step's collectives: this rank's summed gradient ``grad`` (float32) summed over the ranks in
+        place, in the buckets ``bounds`` (see ``layer_buckets``), then, right behind it on the
+        communication thread, float64 words with the loss sum, the token count and the boundary's
+        decision (one latency more, and a loss summed in float64). Returns (loss_sum, tokens, decision)."""
+        sums = np.zeros(2 + words.WORDS, dtype=np.float64)
+        sums[0], sums[1] = loss_sum, tokens
+        words.write(sums[2:], decision, self.rank)
+        buckets = self.buckets(grad, bounds, f"the gradient allreduce of step {step}")
+        for k in range(len(bounds)):
+            buckets.ready(k)
+        await self.settle(buckets.issued + [self.submit(self.sum_in_place, sums)],
+                          f"the gradient allreduce of step {step}")
+        return float(sums[0]), int(round(sums[1])), words.read(sums[2:])
+
+    async def sum_scores(self, loss_sum: float, tokens: int) -> tuple:
+        """An evaluation's (loss sum, tokens) over the ranks, in float64."""
+        sums = np.array([loss_sum, tokens], dtype=np.float64)
+        await self.allreduce(sums, "the sum of the validation losses")
+        return float(sums[0]), int(round(sums[1]))
+
+    async def gather(self, value, what: str):
+        """Every rank's ``value`` (picklable) as a list on rank 0, None on the others."""
+        return await self.run(what, self.comm.gather, value, 0)
+
+    async def check_same(self, value: bytes, what: str) -> None:
+        """UserError on every rank unless ``value`` is the same on all of them (settings, data, checkpoint)."""
+        await self.run(f"the comparison of the ranks' {what}", self.same_everywhere, value, what)
+
+    def same_everywhere(self, value: bytes, what: str) -> None:
+        """``check_same``'s collective, on the communication thread."""
+        digests = self.comm.allgather(hashlib.blake2b(value, digest_size=16).digest())
+        differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+        if differ:
+            raise UserError(f"the {what} of rank {', '.join(map(str, differ))} differ from rank 0's: give every rank "
+                            "the same command line, configuration and data")
+
+    async def check_weights(self, params: np.ndarray, step: int) -> None:
+        """RunFailed on every rank unless every rank's weights are rank 0's, bit for bit (a checksum each)."""
+        def digest_all():
+            return self.comm.allgather(hashlib.blake2b(params, digest_size=16).hexdigest())
+        digests = await self.run(f"the weights check of step {step}", digest_all)
+        differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
+        if differ:
+            raise RunFailed(f"at step {step} the weights of rank {', '.join(map(str, differ))} differ from rank 0's "
+                            f"(checksum {digests[differ[0]][:12]} against {digests[0][:12]}): the ranks no longer "
+                            "train one model; resume from the last checkpoint")
+
+    def stats(self) -> dict:
+        return {"rank": self.rank, "communication_s": self.wait_s, "collective_s": self.busy_s,
+                "collectives": self.completed}
+
+    async def gather_stats(self, node_zero: dict):
+        """The run's statistics on rank 0, ranks at the top of the tree (rank, groups, workers), each rank
+        with its busy, waiting and communication seconds; None on the other ranks.
+
+        ``node_zero`` is this rank's Node Zero statistics: batches, tokens, busy_s, waiting_s, children.
+        """
+        mine = {"rank": self.rank, **{key: node_zero[key] for key in STAT_KEYS},
+                "communication_s": self.wait_s, "children": node_zero["children"]}
+        reports = await self.gather(mine, "the ranks' statistics")
+        if reports is None:
+            return None
+        return {"ranks": self.size, **{key: sum(r[key] for r in reports) for key in STAT_KEYS + ("communication_s",)},
+                "children": reports}
+
+    # ----- faults -----
+
+    def lost(self, seq: int, what: str, waited: float, error=None):
+        """A collective failed: one line naming the rank at fault, then every rank ends."""
+        suspects = self.watch.suspects(seq)
+        reason = "; ".join(why for _, why in suspects) or (
+            f"MPI reported {error}" if error is not None else "no rank was seen to fail")
+        log.error("rank_lost", failed=[rank for rank, _ in suspects], during=what, waited_s=round(waited, 1),
+                  reason=reason)
+        self.abort(LOST_EXIT)
+
+    def abort(self, code: int):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        threading.Timer(ABORT_GRACE_S, os._exit, (code,)).start()
+        self.comm.Abort(code)
+
+
+class Buckets:
+    """One buffer's sum-Allreduce in buckets, each issued once final, always in the order of ``bounds``.
+
+    ``bounds`` lists [a, b) slices of ``buffer``, a function of the run's settings only (the
+    MPI algorithm, hence the bits of the sum, can depend on a message's size). The event
+    loop calls ``ready(k)`` as bucket k's sum on this rank is final, and awaits ``wait()``
+    once the step's work is done: a bucket issued early travels while the rest is computed.
+    """
+
+    def __init__(self, ranks: Ranks, buffer: np.ndarray, bounds: list, what: str):
+        self.ranks, self.buffer, self.bounds, self.what = ranks, buffer, bounds, what
+        self.final = [False] * len(bounds)
+        self.issued = []
+
+    def ready(self, k: int) -> None:
+        self.final[k] = True
+        while len(self.issued) < len(self.bounds) and self.final[len(self.issued)]:
+            a, b = self.bounds[len(self.issued)]
+            self.issued.append(self.ranks.submit(self.ranks.sum_in_place, self.buffer[a:b]))
+
+    async def wait(self) -> None:
+        for k in range(len(self.bounds)):
+            if not self.final[k]:
+                self.ready(k)
+        await self.ranks.settle(self.issued, self.what)
