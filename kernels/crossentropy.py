@@ -16,11 +16,20 @@ from .vecmath import exp
 CHUNK_ROWS = 256
 
 
+LANES = 16
+
+
 @kernel
 def row_max(row):
-    # the largest entry of row (V,), for a numerically safe softmax
-    mx = row[0]
-    for j in range(row.shape[0]):
+    # the largest entry of row (V,), for a numerically safe softmax. Sixteen running maxima,
+    # one per lane, vectorise (a single running max is a reduction LLVM will not reorder)
+    V = row.shape[0]
+    lanes = np.full(LANES, row[0])
+    for j in range(0, V - V % LANES, LANES):
+        for k in range(LANES):
+            lanes[k] = max(lanes[k], row[j + k])
+    mx = lanes.max()
+    for j in range(V - V % LANES, V):
         mx = max(mx, row[j])
     return mx
 
