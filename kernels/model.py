@@ -17,9 +17,9 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention import attention_backward, attention_forward
-from .crossentropy import crossentropy_forward, crossentropy_forward_backward
-from .dropout import (EMBEDDING_SITE, Dropout, attention_residual_site, bias_dropout_residual, dropout_copy,
-                      dropout_forward, mlp_residual_site, site_key)
+from .crossentropy import CHUNK_ROWS, head_loss, head_loss_backward
+from .dropout import (EMBEDDING_SITE, Dropout, attention_residual_site, attention_site, bias_dropout_residual,
+                      dropout_copy, dropout_forward, mlp_residual_site, site_key)
 from .encoder import encoder_backward, encoder_forward
 from .gelu import ACTIVATIONS
 from .layernorm import layernorm_backward, layernorm_forward
@@ -165,26 +165,22 @@ def init_params(cfg: GPTConfig, seed: int, dtype=np.float32) -> np.ndarray:
 
 def activation_shapes(cfg: GPTConfig, B: int, T: int) -> dict:
     """name -> shape of every buffer a worker needs for a micro-batch of B sequences of T tokens."""
-    L, C, H, V, hs, M = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.head_size, cfg.mlp_size
+    L, C, H, V, M = cfg.n_layer, cfg.n_embd, cfg.n_head, cfg.vocab_size, cfg.mlp_size
     N = B * T
     return {
         "encoded": (N, C),
         "ln_1": (L, N, C), "ln_1_mean": (L, N), "ln_1_rstd": (L, N),
         "qkv": (L, N, 3 * C),
-        "q": (L, B, H, T, hs), "k": (L, B, H, T, hs), "v": (L, B, H, T, hs), "y": (L, B, H, T, hs),
-        "att": (L, B, H, T, T),
-        "atty": (L, N, C),
+        "atty": (L, N, C), "lse": (L, B, H, T),
         "residual_2": (L, N, C),
         "ln_2": (L, N, C), "ln_2_mean": (L, N), "ln_2_rstd": (L, N),
         "fch": (L, N, M), "fch_gelu": (L, N, M),
         "residual_3": (L, N, C),
         "ln_f": (N, C), "ln_f_mean": (N,), "ln_f_rstd": (N,),
-        "logits": (N, V),
+        "logits": (min(N, CHUNK_ROWS), V),  # one chunk of rows at a time
         # backward scratch, reused by every layer
         "dresidual": (N, C), "dln": (N, C), "datty": (N, C), "dqkv": (N, 3 * C), "dfch": (N, M),
         "dbranch": (N, C),  # the residual stream's gradient through a dropout mask
-        "dq": (B, H, T, hs), "dk": (B, H, T, hs), "dv": (B, H, T, hs), "dy": (B, H, T, hs),
-        "datt": (B, H, T, T),
     }
 
 
@@ -219,11 +215,11 @@ def branch_gradient(acts: Activations, dres: np.ndarray, T: int, drop: Dropout |
     return acts.dbranch
 
 
-def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | None = None) -> np.ndarray:
-    """tokens (B,T) int32 -> logits (B*T,V), a view of ``acts.logits``.
+def hidden(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | None = None) -> np.ndarray:
+    """tokens (B,T) int32 -> the final LayerNorm's output (B*T,C), ``acts.ln_f``.
 
-    With ``drop`` (training only) the embedding and both residual branches of every block
-    go through dropout.
+    With ``drop`` (training only) the embedding, the attention probabilities and both residual
+    branches of every block go through dropout.
     """
     cfg = acts.cfg
     B, T = tokens.shape
@@ -236,8 +232,8 @@ def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | N
         layernorm_forward(acts.ln_1[l], acts.ln_1_mean[l], acts.ln_1_rstd[l], residual, p.ln_1_weight, p.ln_1_bias,
                           cfg.ln_eps)
         linear_forward(acts.qkv[l], acts.ln_1[l], p.c_attn_weight, p.c_attn_bias)
-        attention_forward(acts.atty[l].reshape(B, T, -1), acts.q[l], acts.k[l], acts.v[l], acts.att[l], acts.y[l],
-                          acts.qkv[l].reshape(B, T, -1), cfg.attention_scale(l))
+        attention_forward(acts.atty[l].reshape(B, T, -1), acts.lse[l], acts.qkv[l].reshape(B, T, -1), cfg.n_head,
+                          cfg.attention_scale(l), drop and drop.at(attention_site(l)))
         residual_branch(acts.residual_2[l], acts.atty[l], p.attn_c_proj_weight, p.attn_c_proj_bias, residual, T, drop,
                         attention_residual_site(l))
         layernorm_forward(acts.ln_2[l], acts.ln_2_mean[l], acts.ln_2_rstd[l], acts.residual_2[l], p.ln_2_weight,
@@ -248,14 +244,17 @@ def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | N
                         acts.residual_2[l], T, drop, mlp_residual_site(l))
         residual = acts.residual_3[l]
     layernorm_forward(acts.ln_f, acts.ln_f_mean, acts.ln_f_rstd, residual, w.ln_f_weight, w.ln_f_bias, cfg.ln_eps)
-    np.matmul(acts.ln_f, w.head.T, out=acts.logits)
-    return acts.logits
+    return acts.ln_f
+
+
+def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | None = None) -> np.ndarray:
+    """tokens (B,T) int32 -> logits (B*T,V), a new array (training never makes all of them)."""
+    return hidden(w, acts, tokens, drop) @ w.head.T
 
 
 def loss_sum(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> float:
     """Sum over the B*T positions of the cross-entropy, forward only (no dropout)."""
-    logits = forward(w, acts, tokens)
-    return float(crossentropy_forward(logits, targets.reshape(-1)))
+    return head_loss(hidden(w, acts, tokens), w.head, targets.reshape(-1), acts.logits)
 
 
 def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray,
@@ -269,13 +268,10 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
     cfg = acts.cfg
     B, T = tokens.shape
     gelu_backward = ACTIVATIONS[cfg.activation][1]
-    logits = forward(w, acts, tokens, drop)
-    total = float(crossentropy_forward_backward(logits, targets.reshape(-1), dloss))
-    dlogits = logits
+    # the head and the loss, fused, chunk by chunk of rows; then the final LayerNorm
+    total = head_loss_backward(hidden(w, acts, tokens, drop), w.head, targets.reshape(-1), dloss, acts.dln, g.head,
+                               acts.logits)
     residual_last = acts.residual_3[-1] if w.blocks else acts.encoded
-    # head and final LayerNorm
-    np.matmul(dlogits.T, acts.ln_f, out=g.head)
-    np.matmul(dlogits, w.head, out=acts.dln)
     dres = acts.dresidual
     dres[...] = 0.0
     layernorm_backward(dres, g.ln_f_weight, g.ln_f_bias, acts.dln, residual_last, w.ln_f_weight, acts.ln_f_mean,
@@ -287,7 +283,7 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
         dbranch = branch_gradient(acts, dres, T, drop, mlp_residual_site(l))
         linear_backward(acts.dfch, q.mlp_c_proj_weight, q.mlp_c_proj_bias, dbranch, acts.fch_gelu[l],
                         p.mlp_c_proj_weight)
-        gelu_backward(acts.dfch.reshape(-1), acts.fch[l].reshape(-1), acts.dfch.reshape(-1))
+        gelu_backward(acts.dfch.reshape(-1), acts.fch[l].reshape(-1))
         linear_backward(acts.dln, q.c_fc_weight, q.c_fc_bias, acts.dfch, acts.ln_2[l], p.c_fc_weight)
         layernorm_backward(dres, q.ln_2_weight, q.ln_2_bias, acts.dln, acts.residual_2[l], p.ln_2_weight,
                            acts.ln_2_mean[l], acts.ln_2_rstd[l])
@@ -295,9 +291,9 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
         dbranch = branch_gradient(acts, dres, T, drop, attention_residual_site(l))
         linear_backward(acts.datty, q.attn_c_proj_weight, q.attn_c_proj_bias, dbranch, acts.atty[l],
                         p.attn_c_proj_weight)
-        attention_backward(acts.dqkv.reshape(B, T, -1), acts.datty.reshape(B, T, -1), acts.q[l], acts.k[l],
-                           acts.v[l], acts.att[l], acts.dq, acts.dk, acts.dv, acts.dy, acts.datt,
-                           cfg.attention_scale(l))
+        attention_backward(acts.dqkv.reshape(B, T, -1), acts.datty.reshape(B, T, -1), acts.qkv[l].reshape(B, T, -1),
+                           acts.atty[l].reshape(B, T, -1), acts.lse[l], cfg.n_head, cfg.attention_scale(l),
+                           drop and drop.at(attention_site(l)))
         linear_backward(acts.dln, q.c_attn_weight, q.c_attn_bias, acts.dqkv, acts.ln_1[l], p.c_attn_weight)
         layernorm_backward(dres, q.ln_1_weight, q.ln_1_bias, acts.dln, residual, p.ln_1_weight, acts.ln_1_mean[l],
                            acts.ln_1_rstd[l])

@@ -16,6 +16,7 @@ leaves every listed checkpoint whole. Loading a run directory takes its newest c
 that loads, with one warning naming those it passed over.
 """
 
+import errno
 import json
 import os
 import re
@@ -25,6 +26,7 @@ from typing import NamedTuple
 
 import numpy as np
 import structlog
+from safetensors import SafetensorError
 from safetensors.numpy import save_file
 
 from cllm.kernels.model import GPTConfig
@@ -39,6 +41,7 @@ log = structlog.get_logger("cllm.checkpoints")
 BEST_FILE = "best.json"
 STATE_FILE = "training_state.npz"
 MARKER = "checkpoint_complete.json"
+RUN_FILE = "run.json"  # the id of the run a run directory belongs to (checkpoints/run_dir.py)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 SCRATCH = ".checkpoint-*.tmp-*"
 
@@ -66,7 +69,16 @@ class TrainingState(NamedTuple):
         return int(self.run_state[0])
 
 
-def write_marker(directory: Path, step: int) -> None:
+def run_of(path: Path, name: str) -> str | None:
+    """The run id recorded in the JSON file ``path / name``: run.json, or a checkpoint's marker."""
+    try:
+        value = json.loads((Path(path) / name).read_text()).get("run")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
+
+
+def write_marker(directory: Path, step: int, run_id: str | None) -> None:
     """Flush every file of ``directory`` to disk, then write the completion marker listing them."""
     files = {}
     for item in sorted(directory.rglob("*")):
@@ -75,7 +87,7 @@ def write_marker(directory: Path, step: int) -> None:
                 os.fsync(f.fileno())
             files[str(item.relative_to(directory))] = item.stat().st_size
     with open(directory / MARKER, "w") as f:
-        f.write(json.dumps({"format": 1, "step": step, "files": files}, indent=2) + "\n")
+        f.write(json.dumps({"format": 1, "run": run_id, "step": step, "files": files}, indent=2) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -102,13 +114,16 @@ def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray
     final = run_dir / f"checkpoint-{step:08d}"
     staging = Scratch(run_dir / scratch_name(f".{final.name}.tmp-"), directory=True)
     try:
-        save_file(hf_tensors(cfg, params), str(staging.path / WEIGHTS_FILE), metadata={"format": "pt"})
+        try:
+            save_file(hf_tensors(cfg, params), str(staging.path / WEIGHTS_FILE), metadata={"format": "pt"})
+        except SafetensorError as error:  # the library's word for an I/O error, such as a full disk
+            raise OSError(errno.EIO, f"{WEIGHTS_FILE}: {error}") from None
         (staging.path / CONFIG_FILE).write_text(json.dumps(hf_config(cfg, tokenizer.eos_id, dropout), indent=2) + "\n")
         tokenizer.save(staging.path)
         for name, content in tokenizer_side_files(cfg, tokenizer.eos_id).items():
             (staging.path / name).write_text(json.dumps(content, indent=2) + "\n")
         np.savez(staging.path / STATE_FILE, **state)
-        write_marker(staging.path, step)  # last: after every other file of the checkpoint
+        write_marker(staging.path, step, run_of(run_dir, RUN_FILE))  # last: after every other file
         replace_directory(staging.path, final)
     except BaseException:
         staging.remove()

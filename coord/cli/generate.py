@@ -4,13 +4,13 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
-from .options import count, fraction, positive_int, probability_mass
+from .options import count, fraction, positive_int, probability_mass, text
 
 
 def add_parser(commands) -> None:
     p = commands.add_parser("generate", help="sample text from a checkpoint, streamed as it comes")
     p.add_argument("checkpoint", type=Path, help="a checkpoint directory, or a run directory (its latest)")
-    p.add_argument("--prompt", default="")
+    p.add_argument("--prompt", type=text, default="")
     p.add_argument("--max-new-tokens", type=positive_int, default=200, help="(default: %(default)s)")
     p.add_argument("--temperature", type=fraction, default=0.8,
                    help="0: always the likeliest token (default: %(default)s)")
@@ -30,6 +30,8 @@ def run(args) -> int:
     from ..checkpoints.store import load_checkpoint
     from ..inference.sampling import SamplingConfig, generate_text
 
+    if sys.stdout is None:
+        raise UserError("standard output is closed; give the sample somewhere to go (a terminal, a file, a pipe)")
     if "" in args.stop:
         raise UserError("--stop needs a non-empty text")
     checkpoint = load_checkpoint(args.checkpoint)

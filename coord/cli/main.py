@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from ..errors import RunFailed, UserError
+from ..errors import OperationalError, RunFailed, UserError
+from ..signals import leave
 from . import ctl, evaluate, generate, serve, train
 
 
@@ -23,6 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    return leave(command(argv))
+
+
+def command(argv) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
@@ -31,6 +36,9 @@ def main(argv=None) -> int:
         return 2
     except RunFailed as error:
         print(f"cllm: run failed: {error}", file=sys.stderr)
+        return 1
+    except OperationalError as error:
+        print(f"cllm: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cllm: interrupted", file=sys.stderr)

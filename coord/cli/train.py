@@ -49,6 +49,8 @@ def add_parser(commands) -> None:
         option(groups[title], s)
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from its checkpoint directory; the model, tokenizer "
                                                "and settings come from the checkpoint unless given again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run even where another run's checkpoints are: they are deleted")
     add_logging(p)
     p.set_defaults(run=run)
 
@@ -118,7 +120,7 @@ def config_from(args, resumed=None, saved=None) -> RunConfig:
 
 def run(args) -> int:
     from ..checkpoints.store import load_checkpoint, load_training_state
-    from ..signals import StopSignals
+    from ..signals import StopSignals, stop_grace
     from ..training.run import open_run
     from ..training.trainer import run_event_loop
     from .progress import ProgressBar
@@ -134,10 +136,10 @@ def run(args) -> int:
     if not as_json and args.log_interval is None:  # the progress bar shows every step
         config = with_values(config, {"log_interval": 0})
     progress = ProgressBar if not as_json and sys.stderr.isatty() else None
-    trainer = open_run(config, resumed, saved, progress=progress)
+    trainer = open_run(config, resumed, saved, progress=progress, overwrite=args.overwrite)
 
     async def train():
-        with StopSignals(trainer.request_stop):
+        with StopSignals(trainer.request_stop, stop_grace(config.step_timeout)):
             return await trainer.run()
 
     run_event_loop(train())

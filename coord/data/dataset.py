@@ -22,7 +22,7 @@ import numpy as np
 import structlog
 
 from .corpus import Skipped, iter_documents
-from ..errors import UserError
+from ..errors import OperationalError, UserError
 from ..files import Scratch, discard, fsync_directory, remove_stale, scratch_name
 from .tokenizer import EOS, KINDS, load_tokenizer, train_tokenizer
 
@@ -161,23 +161,33 @@ def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path,
         raise UserError(f"cannot use the cache directory {cache_dir} ({error.strerror}); "
                         "give a writable --cache-dir") from None
     try:
-        digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, staging, leave_out=(cache_dir,))
-        if tokenizer is not None:
-            key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer.kind}-{tokenizer.fingerprint()}"
-        else:
-            key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
-        entry = cache_dir / key
-        if (entry / "meta.json").exists():
-            try:
-                dataset = TokenDataset(entry, val_fraction)
-                log.info("dataset_cached", path=str(entry))
-                return dataset
-            except CacheDamaged as error:
-                log.warning("cache_entry_damaged", path=str(entry), reason=str(error), action="rebuilt")
-                discard(entry)
-        build_entry(staging.path, entry, tokenizer_kind, vocab_size, digest, documents, tokenizer)
+        return cached_or_built(path, tokenizer_kind, vocab_size, cache_dir, include, exclude, val_fraction, max_bytes,
+                               tokenizer, staging)
+    except OSError as error:
+        raise OperationalError(f"cannot write the token cache in {cache_dir} ({error.strerror or error}); free space "
+                               "or give another --cache-dir") from None
     finally:
         staging.remove()
+
+
+def cached_or_built(path, tokenizer_kind, vocab_size, cache_dir, include, exclude, val_fraction, max_bytes, tokenizer,
+                    staging: Scratch) -> "TokenDataset":
+    """Stage the corpus, then open its cache entry, building (or rebuilding) it when needed."""
+    digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, staging, leave_out=(cache_dir,))
+    if tokenizer is not None:
+        key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer.kind}-{tokenizer.fingerprint()}"
+    else:
+        key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
+    entry = cache_dir / key
+    if (entry / "meta.json").exists():
+        try:
+            dataset = TokenDataset(entry, val_fraction)
+            log.info("dataset_cached", path=str(entry))
+            return dataset
+        except CacheDamaged as error:
+            log.warning("cache_entry_damaged", path=str(entry), reason=str(error), action="rebuilt")
+            discard(entry)
+    build_entry(staging.path, entry, tokenizer_kind, vocab_size, digest, documents, tokenizer)
     return TokenDataset(entry, val_fraction)
 
 

@@ -148,7 +148,9 @@ class NodeZero:
         await self.collect(lambda m: m.type is M.SHUTDOWN_ACK, len(self.tasks), "spheres to stop")
         await asyncio.wait_for(asyncio.gather(*self.tasks.values(), return_exceptions=True), self.step_timeout)
         self.tasks.clear()
-        self.pool.shutdown(wait=True)
+        # a thread stuck in a kernel (its step already failed by the timeout) cannot be joined: the pool's
+        # idle threads end, a stuck one is left behind rather than freezing the event loop for good
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
         if self.control.state is ControlState.STOPPED:

@@ -70,8 +70,8 @@ class RunConfig:
     micro_batches: int = setting(0, COUNT, "micro-batches each micro-step's rows are cut into and handed out to "
                                            "idle workers (0: one per worker)")
     seed: int = setting(1337, COUNT, "seeds the initial weights, the batches and the dropout masks")
-    dropout: float = setting(0.0, BETA, "probability of dropping each element of the embedding and of both "
-                                        "residual branches of every block while training")
+    dropout: float = setting(0.0, BETA, "probability of dropping each element of the embedding, the attention "
+                                        "probabilities and both residual branches of every block while training")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: Schedule = Schedule()
     clip_norm: float = setting(1.0, NON_NEGATIVE, "clip the gradient's global norm to this (0: off)")

@@ -4,6 +4,7 @@ import structlog
 
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 
+from ..checkpoints.run_dir import claim_run_dir
 from ..checkpoints.store import load_checkpoint
 from ..data.dataset import prepare_dataset
 from ..errors import UserError
@@ -15,11 +16,25 @@ from .trainer import RunState, Trainer, check_memory, restore_state
 log = structlog.get_logger("cllm.run")
 
 
-def open_run(config: RunConfig, resumed=None, training_state=None, progress=None) -> Trainer:
+def open_run(config: RunConfig, resumed=None, training_state=None, progress=None, overwrite: bool = False) -> Trainer:
     """A Trainer for ``config`` (checked by the caller); ``resumed`` is a loaded checkpoint and
     ``training_state`` its training state, to continue from. Otherwise a new run starts from the
     model directory ``init_from`` (its shape, weights and tokenizer), or from a new model.
-    ``progress`` makes a progress bar from the step count."""
+    ``progress`` makes a progress bar from the step count. The run directory is claimed first
+    (locked, proven writable, another run's refused unless ``overwrite``), and taken only once
+    everything else is checked."""
+    run_dir = claim_run_dir(config.checkpoints.dir, resumed.path if resumed else None, overwrite)
+    try:
+        trainer = prepare(config, resumed, training_state, progress)
+        run_dir.take()
+    except BaseException:
+        run_dir.abandon()
+        raise
+    trainer.run_directory = run_dir
+    return trainer
+
+
+def prepare(config: RunConfig, resumed, training_state, progress) -> Trainer:
     d, m = config.data, config.model
     if d.path is not None and not d.path.exists():
         raise UserError(f"{d.path} does not exist; give a text file, a directory, a .jsonl or SQuAD file")

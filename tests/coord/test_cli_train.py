@@ -52,7 +52,7 @@ def test_train_learns_logs_json_and_writes_a_checkpoint(tmp_path, small_corpus):
     (["{missing}"], "does not exist"),
     (["{empty}"], "empty"),
     (["{small}", "--seq-len", "100000"], "--seq-len"),
-    (["{small}", "--seq-len", "4096", "--batch-size", "64"], "GiB of memory"),
+    (["{small}", "--seq-len", "4096", "--batch-size", "1024"], "GiB of memory"),
     (["{small}", "--embed-dim", "30", "--num-heads", "4"], "not divisible by --num-heads"),
     (["{small}", "--batch-size", "0"], "--batch-size: 0 must be a positive integer"),
     (["{small}", "--embed-dim", "-8"], "--embed-dim: -8 must be a positive integer"),

@@ -221,7 +221,7 @@ def test_run_settings_are_those_of_the_command_line(tmp_path):
 
 
 def test_a_job_overrides_data_model_and_training_checked_like_the_file(tmp_path):
-    config = load_config(write(tmp_path, "[training]\nsteps = 300\n"), {})
+    config = load_config(write(tmp_path, '[training]\nsteps = 300\n[service]\ndata_roots = ["."]\n'), {})
     job = merge_job(config, {"training": {"steps": 30, "learning_rate": 1}, "data": {"path": "more.txt"}})
     assert (job.run.steps, job.run.schedule.lr) == (30, 1.0)
     assert job.run.data.path == tmp_path / "more.txt" and job.service == config.service
