@@ -10,6 +10,7 @@ process exits badly.
 """
 
 import asyncio
+import atexit
 import hashlib
 import os
 import socket
@@ -88,6 +89,7 @@ class Ranks:
         """Start the heartbeats, and log where every rank runs (the launcher names a dead rank by its pid)."""
         self.beating = threading.Thread(target=self.heartbeat, name="rank-heartbeat", daemon=True)
         self.beating.start()
+        atexit.register(self.stop_heartbeat)  # runs before mpi4py's MPI_Finalize, registered earlier
         where = self.run_sync("the ranks' hosts", self.comm.gather,
                               {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()}, 0)
         if where is not None:
@@ -96,9 +98,14 @@ class Ranks:
     def close(self) -> None:
         """After the last collective of the run: every rank stops here together."""
         self.run_sync("the closing barrier", self.barrier)
-        self.stopping.set()
-        self.beating.join()
+        self.stop_heartbeat()
         self.thread.shutdown(wait=True)
+
+    def stop_heartbeat(self) -> None:
+        """Also at exit, whatever ended the run: no heartbeat may reach MPI after it is finalised."""
+        self.stopping.set()
+        if self.beating is not None:
+            self.beating.join()
 
     def heartbeat(self) -> None:
         """On a thread of its own, so that ranks are heard from outside the event loop too (start-up, data)."""
