@@ -182,3 +182,16 @@ def test_an_operational_error_at_start_pauses_the_job_and_status_says_why(tmp_pa
         daemon.wait_for_step(3)
     finally:
         assert daemon.stop() == 0
+
+
+def test_a_pause_while_paused_answers_at_once_and_resume_continues(tmp_path):
+    daemon = Daemon(write_config(tmp_path))
+    try:
+        daemon.wait_for_step(3)
+        first = daemon.ctl("pause")["result"]
+        again = daemon.ctl("pause", timeout=10)  # held until a resume, before: a client stuck with it
+        assert again["ok"] and again["result"] == {"paused": True, "step": first["step"]}
+        assert daemon.ctl("resume")["ok"]
+        daemon.wait_for_step(first["step"] + 3)
+    finally:
+        assert daemon.stop() == 0
