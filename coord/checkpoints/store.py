@@ -21,6 +21,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -169,18 +170,24 @@ def load_training_state(path: Path) -> TrainingState:
             state = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise UserError(f"{file} is missing; this checkpoint holds weights only and cannot be resumed") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+        raise UserError(f"{file} cannot be read ({error or type(error).__name__}); the checkpoint is damaged") from None
     missing = {"optimizer_state", "optimizer_step", "run_state", "settings"} - set(state)
     if missing:
         raise UserError(f"{file} lacks {', '.join(sorted(missing))}; the checkpoint is damaged")
     try:
-        state["settings"] = json.loads(str(state["settings"]))
-        if not isinstance(state["settings"], dict):
-            raise ValueError("not an object")
-    except ValueError as error:
-        raise UserError(f"{file}: its run settings cannot be read ({error}); the checkpoint is damaged") from None
-    return TrainingState(state["optimizer_state"], int(state["optimizer_step"]), state["run_state"], state["settings"])
+        settings = json.loads(str(state["settings"]))
+        if not isinstance(settings, dict):
+            raise ValueError("the settings are not an object")
+        run_state = state["run_state"]
+        if run_state.shape != (5,) or not np.issubdtype(run_state.dtype, np.number):
+            raise ValueError(f"run_state has shape {run_state.shape} of {run_state.dtype}, not 5 numbers")
+        step = state["optimizer_step"]
+        if step.shape != () or not np.issubdtype(step.dtype, np.integer):
+            raise ValueError("optimizer_step is not a whole number")
+    except (ValueError, RecursionError) as error:
+        raise UserError(f"{file}: {error}; the checkpoint is damaged") from None
+    return TrainingState(state["optimizer_state"], int(step), run_state.astype(np.float64), settings)
 
 
 def list_checkpoints(run_dir: Path) -> list:
