@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention import attention_backward, attention_forward
-from .crossentropy import crossentropy_forward, crossentropy_forward_backward
+from .crossentropy import CHUNK_ROWS, head_loss, head_loss_backward
 from .dropout import (EMBEDDING_SITE, Dropout, attention_residual_site, attention_site, bias_dropout_residual,
                       dropout_copy, dropout_forward, mlp_residual_site, site_key)
 from .encoder import encoder_backward, encoder_forward
@@ -177,7 +177,7 @@ def activation_shapes(cfg: GPTConfig, B: int, T: int) -> dict:
         "fch": (L, N, M), "fch_gelu": (L, N, M),
         "residual_3": (L, N, C),
         "ln_f": (N, C), "ln_f_mean": (N,), "ln_f_rstd": (N,),
-        "logits": (N, V),
+        "logits": (min(N, CHUNK_ROWS), V),  # one chunk of rows at a time
         # backward scratch, reused by every layer
         "dresidual": (N, C), "dln": (N, C), "datty": (N, C), "dqkv": (N, 3 * C), "dfch": (N, M),
         "dbranch": (N, C),  # the residual stream's gradient through a dropout mask
@@ -215,8 +215,8 @@ def branch_gradient(acts: Activations, dres: np.ndarray, T: int, drop: Dropout |
     return acts.dbranch
 
 
-def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | None = None) -> np.ndarray:
-    """tokens (B,T) int32 -> logits (B*T,V), a view of ``acts.logits``.
+def hidden(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | None = None) -> np.ndarray:
+    """tokens (B,T) int32 -> the final LayerNorm's output (B*T,C), ``acts.ln_f``.
 
     With ``drop`` (training only) the embedding, the attention probabilities and both residual
     branches of every block go through dropout.
@@ -244,14 +244,17 @@ def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | N
                         acts.residual_2[l], T, drop, mlp_residual_site(l))
         residual = acts.residual_3[l]
     layernorm_forward(acts.ln_f, acts.ln_f_mean, acts.ln_f_rstd, residual, w.ln_f_weight, w.ln_f_bias, cfg.ln_eps)
-    np.matmul(acts.ln_f, w.head.T, out=acts.logits)
-    return acts.logits
+    return acts.ln_f
+
+
+def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | None = None) -> np.ndarray:
+    """tokens (B,T) int32 -> logits (B*T,V), a new array (training never makes all of them)."""
+    return hidden(w, acts, tokens, drop) @ w.head.T
 
 
 def loss_sum(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> float:
     """Sum over the B*T positions of the cross-entropy, forward only (no dropout)."""
-    logits = forward(w, acts, tokens)
-    return float(crossentropy_forward(logits, targets.reshape(-1)))
+    return head_loss(hidden(w, acts, tokens), w.head, targets.reshape(-1), acts.logits)
 
 
 def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray,
@@ -265,13 +268,10 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
     cfg = acts.cfg
     B, T = tokens.shape
     gelu_backward = ACTIVATIONS[cfg.activation][1]
-    logits = forward(w, acts, tokens, drop)
-    total = float(crossentropy_forward_backward(logits, targets.reshape(-1), dloss))
-    dlogits = logits
+    # the head and the loss, fused, chunk by chunk of rows; then the final LayerNorm
+    total = head_loss_backward(hidden(w, acts, tokens, drop), w.head, targets.reshape(-1), dloss, acts.dln, g.head,
+                               acts.logits)
     residual_last = acts.residual_3[-1] if w.blocks else acts.encoded
-    # head and final LayerNorm
-    np.matmul(dlogits.T, acts.ln_f, out=g.head)
-    np.matmul(dlogits, w.head, out=acts.dln)
     dres = acts.dresidual
     dres[...] = 0.0
     layernorm_backward(dres, g.ln_f_weight, g.ln_f_bias, acts.dln, residual_last, w.ln_f_weight, acts.ln_f_mean,

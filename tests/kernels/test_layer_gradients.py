@@ -5,7 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward
+from cllm.kernels.blas import gemm
+from cllm.kernels.crossentropy import (CHUNK_ROWS, crossentropy_forward, crossentropy_forward_backward, head_loss,
+                                        head_loss_backward)
 from cllm.kernels.encoder import encoder_backward, encoder_forward
 from cllm.kernels.gelu import gelu_backward, gelu_exact_backward, gelu_exact_forward, gelu_forward
 from cllm.kernels.layernorm import layernorm_backward, layernorm_forward
@@ -134,3 +136,34 @@ def test_crossentropy_is_finite_for_extreme_logits():
 def test_crossentropy_reports_a_non_finite_loss():
     logits = np.array([[np.nan, 0.0, 1.0]], dtype=np.float32)
     assert not np.isfinite(crossentropy_forward(logits, np.array([2], dtype=np.int32)))
+
+
+def test_fused_head_and_loss_over_several_chunks_equal_the_whole_formula(rng):
+    N, C, V = 2 * CHUNK_ROWS + 7, 5, 13  # two full chunks and a partial one
+    x, head = rng.normal(size=(N, C)), rng.normal(size=(V, C))
+    targets = rng.integers(0, V, size=N).astype(np.int32)
+    logits = x @ head.T
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    dlogits = 0.5 * (np.exp(logp) - np.eye(V)[targets])
+    chunk = np.zeros((CHUNK_ROWS, V))
+    dx, dhead = np.full((N, C), np.nan), np.full((V, C), np.nan)  # both overwritten
+    loss = head_loss_backward(x, head, targets, 0.5, dx, dhead, chunk)
+    assert loss == pytest.approx(-logp[np.arange(N), targets].sum(), rel=1e-12)
+    assert head_loss(x, head, targets, chunk) == pytest.approx(loss, rel=1e-12)
+    np.testing.assert_allclose(dx, dlogits @ head, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dhead, dlogits.T @ x, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_takes_transposed_and_strided_operands_and_adds(rng, dtype):
+    a = rng.normal(size=(9, 12)).astype(dtype)
+    b = rng.normal(size=(7, 5)).astype(dtype)
+    out = rng.normal(size=(4, 11)).astype(dtype)
+    before = out.copy()
+    view = out[:, 2:7]  # rows of stride 11
+    gemm(view, a[:4, 3:10], b, True)  # a strided view
+    np.testing.assert_allclose(view, before[:, 2:7] + a[:4, 3:10] @ b, rtol=1e-5)
+    gemm(view, a[2:9, :4].T, b, False)  # a transposed view
+    np.testing.assert_allclose(view, a[2:9, :4].T @ b, rtol=1e-5)
+    np.testing.assert_array_equal(out[:, :2], before[:, :2])
