@@ -18,8 +18,10 @@ that loads, with one warning naming those it passed over.
 
 import errno
 import json
+import lzma
 import os
 import re
+import struct
 import zipfile
 import zlib
 from pathlib import Path
@@ -45,6 +47,10 @@ MARKER = "checkpoint_complete.json"
 RUN_FILE = "run.json"  # the id of the run a run directory belongs to (checkpoints/run_dir.py)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 SCRATCH = ".checkpoint-*.tmp-*"
+# what numpy's and zipfile's readers raise on a damaged archive (an encrypted or unknown-compression
+# entry is a RuntimeError or NotImplementedError there)
+ARCHIVE_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                  zlib.error, lzma.LZMAError, struct.error)
 
 
 class Checkpoint(NamedTuple):
@@ -170,7 +176,7 @@ def load_training_state(path: Path) -> TrainingState:
             state = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise UserError(f"{file} is missing; this checkpoint holds weights only and cannot be resumed") from None
-    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
+    except ARCHIVE_ERRORS as error:
         raise UserError(f"{file} cannot be read ({error or type(error).__name__}); the checkpoint is damaged") from None
     missing = {"optimizer_state", "optimizer_step", "run_state", "settings"} - set(state)
     if missing:

@@ -186,3 +186,16 @@ def test_a_training_state_of_the_wrong_shape_is_refused(tmp_path):
     (path / "training_state.npz").write_bytes(b"")
     with pytest.raises(UserError, match="cannot be read"):
         load_training_state(path)
+
+
+@pytest.mark.parametrize("flag, compression", [(0x1, None), (0x0, 99)], ids=["encrypted", "unknown-compression"])
+def test_a_training_state_archive_with_odd_entries_is_refused(tmp_path, flag, compression):
+    path = save(tmp_path / "run", 1, keep=1)
+    data = bytearray((path / "training_state.npz").read_bytes())
+    at = data.index(b"PK\x01\x02")  # the central directory's first entry: its flags, then its method
+    data[at + 8:at + 10] = flag.to_bytes(2, "little")
+    if compression is not None:
+        data[at + 10:at + 12] = compression.to_bytes(2, "little")
+    (path / "training_state.npz").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="cannot be read"):
+        load_training_state(path)

@@ -195,3 +195,25 @@ def test_a_pause_while_paused_answers_at_once_and_resume_continues(tmp_path):
         daemon.wait_for_step(first["step"] + 3)
     finally:
         assert daemon.stop() == 0
+
+
+def test_an_emptied_latest_checkpoint_is_passed_over_and_the_job_goes_on(tmp_path):
+    config = write_config(tmp_path, checkpoint_interval=5)
+    daemon = Daemon(config)
+    try:
+        daemon.wait_for(lambda e: e["event"] == "checkpoint_saved" and e["step"] >= 10)
+    finally:
+        assert daemon.stop() == 0
+    run = tmp_path / "state" / "jobs" / "main"
+    found = list_checkpoints(run)
+    newest = found[-1]
+    for item in newest.iterdir():  # what a rewrite cut short left before: the directory, emptied
+        item.unlink()
+    again = Daemon(config)
+    try:
+        resumed = again.wait_for(lambda e: e["event"] == "resumed")
+        assert resumed["checkpoint"] == str(found[-2])
+        again.wait_for_step(resumed["step"] + 3)
+        assert again.ctl("jobs")["result"][0]["status"] == "running"
+    finally:
+        assert again.stop() == 0
