@@ -128,11 +128,12 @@ def run(args) -> int:
     resumed = saved = None
     if args.resume is not None and args.init_from is not None:
         raise UserError("--init-from starts a new run from a model and --resume continues a run; give one of them")
-    as_json = configure(args.log_format, args.log_level)  # before loading: passing over a checkpoint is logged
     if args.resume is not None:
+        configure(args.log_format, args.log_level)  # passing over a damaged checkpoint is logged as the run's events
         resumed = load_checkpoint(args.resume)
         saved = load_training_state(resumed.path)
     config = config_from(args, resumed, saved)
+    as_json = configure(args.log_format, args.log_level)
     if not as_json and args.log_interval is None:  # the progress bar shows every step
         config = with_values(config, {"log_interval": 0})
     progress = ProgressBar if not as_json and sys.stderr.isatty() else None
