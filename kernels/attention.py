@@ -88,23 +88,6 @@ def accumulate_rows(out, coef, src, n_out, n_c, j0):
 
 
 @kernel
-def accumulate_columns(out, coef, src, n_out, n_r, j0):
-    # out[j0:j0+n_out] += coef[:n_r, :n_out].T @ src[:n_r]; out, src (rows,hs); n_out a multiple of 4
-    hs = out.shape[1]
-    for c in range(0, n_out, 4):
-        o0, o1, o2, o3 = out[j0 + c], out[j0 + c + 1], out[j0 + c + 2], out[j0 + c + 3]
-        for r in range(n_r):
-            w0, w1, w2, w3 = coef[r, c], coef[r, c + 1], coef[r, c + 2], coef[r, c + 3]
-            row = src[r]
-            for d in range(hs):
-                x = row[d]
-                o0[d] += w0 * x
-                o1[d] += w1 * x
-                o2[d] += w2 * x
-                o3[d] += w3 * x
-
-
-@kernel
 def flash_forward(out, lse, qkv, n_head, scale, key, first_row, threshold, keep_scale):
     # qkv (B,T,3C) -> out (B,T,C); lse (B,H,T) the log-sum-exp of each row's scaled scores
     B, T, C3 = qkv.shape
@@ -233,8 +216,8 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, thr
                                 dsi[j] = pi[j] * (dsi[j] - rowdot[i])
                         pi[n_vis:nk4] = 0.0
                         dsi[n_vis:nk4] = 0.0
-                    accumulate_columns(dv, p, do, nk4, nq, j0)
-                    accumulate_columns(dk, ds, q, nk4, nq, j0)
+                    accumulate_rows(dv[j0:], p.T, do, nk4, nq, 0)  # dv[j] += sum_i p[i,j] do[i]
+                    accumulate_rows(dk[j0:], ds.T, q, nk4, nq, 0)
                     accumulate_rows(dq, ds, k, nq4, nk, j0)
                 for i in range(nq):
                     for d in range(hs):

@@ -29,15 +29,16 @@ def gelu_forward(out, inp):
 
 
 @kernel
-def gelu_backward(dinp, inp, dout):
-    # dinp may be dout itself (in place); all flat (N,)
+def gelu_backward(grad, inp):
+    # in place: grad (N,) holds dL/dout on entry and dL/dinp on return; inp (N,). Two arrays,
+    # not an output aliasing an input, so the loop vectorises (LLVM's overlap check would fail)
     t = inp.dtype.type
     two_scale, cube, half_scale, cube3 = t(2.0 * GELU_SCALE), t(0.044715), t(0.5 * GELU_SCALE), t(3.0 * 0.044715)
     for i in range(inp.shape[0]):
         x = inp[i]
         th = t(1.0) - t(2.0) / (exp(two_scale * (x + cube * x * x * x)) + t(1.0))
         local = t(0.5) * (t(1.0) + th) + half_scale * x * (t(1.0) - th * th) * (t(1.0) + cube3 * x * x)
-        dinp[i] = local * dout[i]
+        grad[i] *= local
 
 
 @kernel
@@ -49,12 +50,12 @@ def gelu_exact_forward(out, inp):
 
 
 @kernel
-def gelu_exact_backward(dinp, inp, dout):
-    # dinp may be dout itself (in place); all flat (N,). d/dx x*Phi(x) = Phi(x) + x*phi(x)
+def gelu_exact_backward(grad, inp):
+    # in place as gelu_backward; d/dx x*Phi(x) = Phi(x) + x*phi(x)
     for i in range(inp.shape[0]):
         x = inp[i]
         local = 0.5 * (1.0 + math.erf(x * INV_SQRT2)) + x * INV_SQRT_2PI * np.exp(-0.5 * x * x)
-        dinp[i] = local * dout[i]
+        grad[i] *= local
 
 
 # Hugging Face's activation_function names -> (forward, backward)

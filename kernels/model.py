@@ -283,7 +283,7 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
         dbranch = branch_gradient(acts, dres, T, drop, mlp_residual_site(l))
         linear_backward(acts.dfch, q.mlp_c_proj_weight, q.mlp_c_proj_bias, dbranch, acts.fch_gelu[l],
                         p.mlp_c_proj_weight)
-        gelu_backward(acts.dfch.reshape(-1), acts.fch[l].reshape(-1), acts.dfch.reshape(-1))
+        gelu_backward(acts.dfch.reshape(-1), acts.fch[l].reshape(-1))
         linear_backward(acts.dln, q.c_fc_weight, q.c_fc_bias, acts.dfch, acts.ln_2[l], p.c_fc_weight)
         layernorm_backward(dres, q.ln_2_weight, q.ln_2_bias, acts.dln, acts.residual_2[l], p.ln_2_weight,
                            acts.ln_2_mean[l], acts.ln_2_rstd[l])
