@@ -1,4 +1,4 @@
-"""Errors a user can cause and fix."""
+"""Errors a user can cause and fix, and the machine's."""
 
 
 class UserError(Exception):
@@ -11,3 +11,8 @@ class UserError(Exception):
 
 class RunFailed(Exception):
     """A run that cannot go on (non-finite losses in a row, a step that kept failing); one line says why."""
+
+
+class OperationalError(Exception):
+    """The machine, not the input, stopped a run: a full disk, a directory that cannot be written. One line
+    says what and where; the same run goes on once the cause is fixed."""

@@ -84,6 +84,30 @@ def remove_stale(parent: Path, pattern: str) -> list:
     return removed
 
 
+class Locked(Exception):
+    """Another process holds the lock; ``holder`` is its pid as it wrote it (0 if unknown)."""
+
+    def __init__(self, path: Path, holder: int):
+        super().__init__(f"{path} is held by process {holder}")
+        self.holder = holder
+
+
+def hold_lock(path: Path) -> int:
+    """Take the exclusive lock of the file ``path`` (created if missing) and write this process's pid
+    in it; the returned descriptor holds the lock until it is closed or the process ends.
+    Locked when another process holds it; OSError when the file cannot be made."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        os.close(fd)
+        raise Locked(path, int(text) if text.isdigit() else 0) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def discard(path: Path) -> None:
     """Delete the directory ``path``: first renamed to a scratch name, so no one ever sees it half deleted."""
     path = Path(path)

@@ -1,17 +1,36 @@
-"""Softmax cross-entropy over the vocabulary."""
+"""Softmax cross-entropy over the vocabulary, fused with the output head.
+
+The (N,V) logits never exist at once: the head runs over chunks of CHUNK_ROWS rows into one
+(CHUNK_ROWS,V) buffer, each row's logits become its loss and its gradient in place while
+the row is in cache (max, exponentiate and sum, scale: no second V-wide buffer), and the
+chunk's gradient goes straight through the head's two backward products, the head's
+gradient added up chunk by chunk (BLAS beta = 1).
+"""
 
 import numpy as np
 
+from .blas import gemm
 from .jit import kernel
+from .vecmath import exp
+
+CHUNK_ROWS = 256
+
+
+LANES = 16
 
 
 @kernel
 def row_max(row):
-    # the largest entry of row (V,), for a numerically safe softmax
-    mx = -np.inf
-    for j in range(row.shape[0]):
-        if row[j] > mx:
-            mx = row[j]
+    # the largest entry of row (V,), for a numerically safe softmax. Sixteen running maxima,
+    # one per lane, vectorise (a single running max is a reduction LLVM will not reorder)
+    V = row.shape[0]
+    lanes = np.full(LANES, row[0])
+    for j in range(0, V - V % LANES, LANES):
+        for k in range(LANES):
+            lanes[k] = max(lanes[k], row[j + k])
+    mx = lanes.max()
+    for j in range(V - V % LANES, V):
+        mx = max(mx, row[j])
     return mx
 
 
@@ -19,13 +38,15 @@ def row_max(row):
 def crossentropy_forward(logits, targets):
     # logits (N,V), targets (N,) -> sum over rows of -log softmax(logits)[target]
     N, V = logits.shape
+    t = logits.dtype.type
     loss = 0.0
     for i in range(N):
-        mx = row_max(logits[i])
-        total = 0.0
+        row = logits[i]
+        mx = row_max(row)
+        total = t(0.0)
         for j in range(V):
-            total += np.exp(logits[i, j] - mx)
-        loss += np.log(total) + mx - logits[i, targets[i]]
+            total += exp(row[j] - mx)
+        loss += np.log(total) + mx - row[targets[i]]
     return loss
 
 
@@ -34,19 +55,49 @@ def crossentropy_forward_backward(logits, targets, dloss):
     # logits (N,V) in, dL/dlogits out (in place), where L = dloss * (sum of row losses).
     # Returns the sum of row losses.
     N, V = logits.shape
+    t = logits.dtype.type
+    d = t(dloss)
     loss = 0.0
     for i in range(N):
-        mx = row_max(logits[i])
+        row = logits[i]
+        mx = row_max(row)
         tgt = targets[i]
-        target_logit = logits[i, tgt]
-        total = 0.0
+        target_logit = row[tgt]
+        total = t(0.0)
         for j in range(V):
-            e = np.exp(logits[i, j] - mx)
-            logits[i, j] = e
+            e = exp(row[j] - mx)
+            row[j] = e
             total += e
         loss += np.log(total) + mx - target_logit
-        scale = dloss / total
+        scale = d / total
         for j in range(V):
-            logits[i, j] *= scale
-        logits[i, tgt] -= dloss
+            row[j] *= scale
+        row[tgt] -= d
     return loss
+
+
+def head_loss(x: np.ndarray, head: np.ndarray, targets: np.ndarray, chunk: np.ndarray) -> float:
+    """Summed cross-entropy of the logits x (N,C) @ head (V,C).T; ``chunk`` (R,V) is scratch."""
+    total = 0.0
+    R = chunk.shape[0]
+    for a in range(0, x.shape[0], R):
+        logits = chunk[:min(R, x.shape[0] - a)]
+        gemm(logits, x[a:a + R], head.T, False)
+        total += crossentropy_forward(logits, targets[a:a + R])
+    return float(total)
+
+
+def head_loss_backward(x: np.ndarray, head: np.ndarray, targets: np.ndarray, dloss: float, dx: np.ndarray,
+                       dhead: np.ndarray, chunk: np.ndarray) -> float:
+    """Summed cross-entropy of x (N,C) @ head (V,C).T; overwrites dx (N,C) and dhead (V,C) with
+    the gradients of dloss * that sum. ``chunk`` (R,V) is scratch."""
+    total = 0.0
+    R = chunk.shape[0]
+    for a in range(0, x.shape[0], R):
+        logits = chunk[:min(R, x.shape[0] - a)]
+        rows = x[a:a + R]
+        gemm(logits, rows, head.T, False)
+        total += crossentropy_forward_backward(logits, targets[a:a + R], dloss)
+        gemm(dx[a:a + R], logits, head, False)
+        gemm(dhead, logits.T, rows, a > 0)
+    return float(total)

@@ -18,7 +18,7 @@ def encoder_forward(out, tokens, wte, wpe):
 
 @kernel
 def encoder_backward(dwte, dwpe, dout, tokens):
-    # dout (B*T,C). dwte is accumulated into (the tied head wrote it first);
+    # dout (B*T,C). dwte is accumulated into (the tied head wrote it first, or it was zeroed);
     # dwpe is overwritten, rows past T set to zero.
     B, T = tokens.shape
     C = dwte.shape[1]

@@ -5,15 +5,13 @@ values to the cache, and returns their logits. It reuses the training kernels fo
 per-token layers; only attention against the cache is its own kernel.
 """
 
-import math
-
 import numpy as np
 
-from .gelu import gelu_forward
+from .gelu import ACTIVATIONS
 from .jit import kernel
 from .layernorm import layernorm_forward
 from .linear import linear_forward, linear_residual_forward
-from .model import LN_EPS, GPTConfig, Tensors
+from .model import GPTConfig, Tensors
 
 
 @kernel
@@ -85,20 +83,20 @@ def step(w: Tensors, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
     mean, rstd = np.empty(n, np.float32), np.empty(n, np.float32)
     qkv = np.empty((n, 3 * C), np.float32)
     att = np.empty((n, C), np.float32)
-    fch, fch_gelu = np.empty((n, 4 * C), np.float32), np.empty((n, 4 * C), np.float32)
-    scale = 1.0 / math.sqrt(cfg.head_size)
+    fch, fch_gelu = np.empty((n, cfg.mlp_size), np.float32), np.empty((n, cfg.mlp_size), np.float32)
+    gelu_forward = ACTIVATIONS[cfg.activation][0]
     for l, p in enumerate(w.blocks):
-        layernorm_forward(ln, mean, rstd, x, p.ln_1_weight, p.ln_1_bias, LN_EPS)
+        layernorm_forward(ln, mean, rstd, x, p.ln_1_weight, p.ln_1_bias, cfg.ln_eps)
         linear_forward(qkv, ln, p.c_attn_weight, p.c_attn_bias)
         store_kv(cache.k[l], cache.v[l], qkv, start)
-        cached_attention(att, qkv, cache.k[l], cache.v[l], start, scale)
+        cached_attention(att, qkv, cache.k[l], cache.v[l], start, cfg.attention_scale(l))
         x2 = np.empty((n, C), np.float32)
         linear_residual_forward(x2, att, p.attn_c_proj_weight, p.attn_c_proj_bias, x)
-        layernorm_forward(ln, mean, rstd, x2, p.ln_2_weight, p.ln_2_bias, LN_EPS)
+        layernorm_forward(ln, mean, rstd, x2, p.ln_2_weight, p.ln_2_bias, cfg.ln_eps)
         linear_forward(fch, ln, p.c_fc_weight, p.c_fc_bias)
         gelu_forward(fch_gelu.reshape(-1), fch.reshape(-1))
         x = np.empty((n, C), np.float32)
         linear_residual_forward(x, fch_gelu, p.mlp_c_proj_weight, p.mlp_c_proj_bias, x2)
-    layernorm_forward(ln, mean, rstd, x, w.ln_f_weight, w.ln_f_bias, LN_EPS)
+    layernorm_forward(ln, mean, rstd, x, w.ln_f_weight, w.ln_f_bias, cfg.ln_eps)
     cache.length = start + n
-    return ln @ w.wte.T
+    return ln @ w.head.T

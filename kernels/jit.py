@@ -2,6 +2,8 @@
 
 fastmath is limited to flags that allow reassociation and contraction (so reductions
 vectorise) but keep NaN and infinity semantics: the trainer must see a non-finite loss.
+Division follows IEEE (x/0 is inf or NaN) rather than raising, which also keeps loops
+with a division vectorisable.
 """
 
 import numba
@@ -11,4 +13,4 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 def kernel(fn):
     """Compile ``fn`` as a nogil, cached numba kernel."""
-    return numba.njit(nogil=True, cache=True, fastmath=FASTMATH)(fn)
+    return numba.njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")(fn)

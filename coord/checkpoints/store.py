@@ -1,9 +1,11 @@
-"""Checkpoints: a directory the Hugging Face ecosystem loads as a GPT-2 model.
+"""Checkpoints: a directory the Hugging Face ecosystem loads as a GPT-2 model and its tokenizer.
 
 ``model.safetensors`` holds the tensors under their GPT-2 names (``transformer.wte.weight``,
-``transformer.h.0.attn.c_attn.weight`` in the Conv1D (in, out) layout, ...), ``config.json``
-is a GPT-2 config, the tokenizer sits beside them (``tokenizer.json`` or ``vocab.json``),
-and ``training_state.npz`` carries what exact resumption needs.
+``transformer.h.0.attn.c_attn.weight`` in the Conv1D (in, out) layout, ..., ``lm_head.weight``
+when the head is untied), ``config.json`` is a GPT-2 config, ``tokenizer.json`` and the files
+transformers reads beside it (``tokenizer_config.json``, ``special_tokens_map.json``,
+``generation_config.json``) sit beside them, and ``training_state.npz`` carries what exact
+resumption needs. Loading reads any Hugging Face GPT-2 directory the same way (see hf.py).
 
 A checkpoint is written into a scratch directory beside its final place; every file is
 flushed to disk, then the completion marker ``checkpoint_complete.json`` (which lists every
@@ -14,32 +16,41 @@ leaves every listed checkpoint whole. Loading a run directory takes its newest c
 that loads, with one warning naming those it passed over.
 """
 
+import errno
 import json
+import lzma
 import os
 import re
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import structlog
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from cllm.kernels.model import GPTConfig, ParamLayout
+from cllm.kernels.model import GPTConfig
 
 from ..errors import UserError
 from ..data.tokenizer import load_tokenizer
 from ..files import Scratch, discard, remove_stale, replace_directory, scratch_name, write_atomically
+from .hf import CONFIG_FILE, WEIGHTS_FILE, hf_config, hf_tensors, read_config, read_weights, tokenizer_side_files
 
 log = structlog.get_logger("cllm.checkpoints")
 
-PREFIX = "transformer."
 BEST_FILE = "best.json"
 STATE_FILE = "training_state.npz"
 MARKER = "checkpoint_complete.json"
+RUN_FILE = "run.json"  # the id of the run a run directory belongs to (checkpoints/run_dir.py)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 SCRATCH = ".checkpoint-*.tmp-*"
+# what numpy's and zipfile's readers raise on a damaged archive (an encrypted or unknown-compression
+# entry is a RuntimeError or NotImplementedError there)
+ARCHIVE_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                  zlib.error, lzma.LZMAError, struct.error)
 
 
 class Checkpoint(NamedTuple):
@@ -65,32 +76,16 @@ class TrainingState(NamedTuple):
         return int(self.run_state[0])
 
 
-def gpt2_config(cfg: GPTConfig, eos_id) -> dict:
-    return {
-        "architectures": ["GPT2LMHeadModel"],
-        "model_type": "gpt2",
-        "vocab_size": cfg.vocab_size,
-        "n_positions": cfg.block_size,
-        "n_ctx": cfg.block_size,
-        "n_embd": cfg.n_embd,
-        "n_layer": cfg.n_layer,
-        "n_head": cfg.n_head,
-        "n_inner": None,
-        "activation_function": "gelu_new",
-        "resid_pdrop": 0.0,
-        "embd_pdrop": 0.0,
-        "attn_pdrop": 0.0,
-        "layer_norm_epsilon": 1e-5,
-        "initializer_range": 0.02,
-        "scale_attn_weights": True,
-        "tie_word_embeddings": True,
-        "bos_token_id": eos_id,
-        "eos_token_id": eos_id,
-        "torch_dtype": "float32",
-    }
+def run_of(path: Path, name: str) -> str | None:
+    """The run id recorded in the JSON file ``path / name``: run.json, or a checkpoint's marker."""
+    try:
+        value = json.loads((Path(path) / name).read_text()).get("run")
+    except (OSError, ValueError, RecursionError, AttributeError):
+        return None
+    return value if isinstance(value, str) and value else None
 
 
-def write_marker(directory: Path, step: int) -> None:
+def write_marker(directory: Path, step: int, run_id: str | None) -> None:
     """Flush every file of ``directory`` to disk, then write the completion marker listing them."""
     files = {}
     for item in sorted(directory.rglob("*")):
@@ -99,7 +94,7 @@ def write_marker(directory: Path, step: int) -> None:
                 os.fsync(f.fileno())
             files[str(item.relative_to(directory))] = item.stat().st_size
     with open(directory / MARKER, "w") as f:
-        f.write(json.dumps({"format": 1, "step": step, "files": files}, indent=2) + "\n")
+        f.write(json.dumps({"format": 1, "run": run_id, "step": step, "files": files}, indent=2) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -118,19 +113,24 @@ def incomplete(path: Path) -> str | None:
     return None
 
 
-def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray, tokenizer, state: dict) -> Path:
-    """Write ``run_dir/checkpoint-<step>`` atomically; returns its path."""
+def save_checkpoint(run_dir: Path, step: int, cfg: GPTConfig, params: np.ndarray, tokenizer, state: dict,
+                    dropout: float = 0.0) -> Path:
+    """Write ``run_dir/checkpoint-<step>`` atomically; returns its path. ``dropout`` is the run's, for config.json."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     final = run_dir / f"checkpoint-{step:08d}"
     staging = Scratch(run_dir / scratch_name(f".{final.name}.tmp-"), directory=True)
     try:
-        tensors = {PREFIX + name: np.ascontiguousarray(view) for name, view in ParamLayout(cfg).views(params).items()}
-        save_file(tensors, str(staging.path / "model.safetensors"), metadata={"format": "pt"})
-        (staging.path / "config.json").write_text(json.dumps(gpt2_config(cfg, tokenizer.eos_id), indent=2) + "\n")
+        try:
+            save_file(hf_tensors(cfg, params), str(staging.path / WEIGHTS_FILE), metadata={"format": "pt"})
+        except SafetensorError as error:  # the library's word for an I/O error, such as a full disk
+            raise OSError(errno.EIO, f"{WEIGHTS_FILE}: {error}") from None
+        (staging.path / CONFIG_FILE).write_text(json.dumps(hf_config(cfg, tokenizer.eos_id, dropout), indent=2) + "\n")
         tokenizer.save(staging.path)
+        for name, content in tokenizer_side_files(cfg, tokenizer.eos_id).items():
+            (staging.path / name).write_text(json.dumps(content, indent=2) + "\n")
         np.savez(staging.path / STATE_FILE, **state)
-        write_marker(staging.path, step)  # last: after every other file of the checkpoint
+        write_marker(staging.path, step, run_of(run_dir, RUN_FILE))  # last: after every other file
         replace_directory(staging.path, final)
     except BaseException:
         staging.remove()
@@ -176,18 +176,24 @@ def load_training_state(path: Path) -> TrainingState:
             state = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise UserError(f"{file} is missing; this checkpoint holds weights only and cannot be resumed") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
+    except ARCHIVE_ERRORS as error:
+        raise UserError(f"{file} cannot be read ({error or type(error).__name__}); the checkpoint is damaged") from None
     missing = {"optimizer_state", "optimizer_step", "run_state", "settings"} - set(state)
     if missing:
         raise UserError(f"{file} lacks {', '.join(sorted(missing))}; the checkpoint is damaged")
     try:
-        state["settings"] = json.loads(str(state["settings"]))
-        if not isinstance(state["settings"], dict):
-            raise ValueError("not an object")
-    except ValueError as error:
-        raise UserError(f"{file}: its run settings cannot be read ({error}); the checkpoint is damaged") from None
-    return TrainingState(state["optimizer_state"], int(state["optimizer_step"]), state["run_state"], state["settings"])
+        settings = json.loads(str(state["settings"]))
+        if not isinstance(settings, dict):
+            raise ValueError("the settings are not an object")
+        run_state = state["run_state"]
+        if run_state.shape != (5,) or not np.issubdtype(run_state.dtype, np.number):
+            raise ValueError(f"run_state has shape {run_state.shape} of {run_state.dtype}, not 5 numbers")
+        step = state["optimizer_step"]
+        if step.shape != () or not np.issubdtype(step.dtype, np.integer):
+            raise ValueError("optimizer_step is not a whole number")
+    except (ValueError, RecursionError) as error:
+        raise UserError(f"{file}: {error}; the checkpoint is damaged") from None
+    return TrainingState(state["optimizer_state"], int(step), run_state.astype(np.float64), settings)
 
 
 def list_checkpoints(run_dir: Path) -> list:
@@ -200,20 +206,9 @@ def list_checkpoints(run_dir: Path) -> list:
     return [p for _, p in sorted(found)]
 
 
-def read_config(path: Path) -> GPTConfig:
-    file = path / "config.json"
-    try:
-        raw = json.loads(file.read_text())
-        return GPTConfig(vocab_size=int(raw["vocab_size"]), block_size=int(raw["n_positions"]),
-                         n_layer=int(raw["n_layer"]), n_head=int(raw["n_head"]), n_embd=int(raw["n_embd"]))
-    except FileNotFoundError:
-        raise UserError(f"{file} is missing; the checkpoint is incomplete") from None
-    except (ValueError, KeyError, TypeError) as error:
-        raise UserError(f"{file} is not a GPT-2 config ({error}); the checkpoint is damaged") from None
-
-
 def load_checkpoint(path: Path) -> Checkpoint:
-    """The checkpoint at ``path``, or the newest checkpoint of the run directory ``path`` that loads."""
+    """The checkpoint (or any Hugging Face GPT-2 directory) at ``path``, or the newest checkpoint of the
+    run directory ``path`` that loads."""
     path = Path(path)
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist; give a checkpoint directory or a run's checkpoint directory")
@@ -241,24 +236,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
 def load_one(path: Path) -> Checkpoint:
     cfg = read_config(path)
-    layout = ParamLayout(cfg)
-    file = path / "model.safetensors"
-    try:
-        tensors = load_file(str(file))
-    except FileNotFoundError:
-        raise UserError(f"{file} is missing; the checkpoint is incomplete") from None
-    except (SafetensorError, OSError, ValueError) as error:
-        raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
-    params = np.empty(layout.size, dtype=np.float32)
-    views = layout.views(params)
-    for name, view in views.items():
-        tensor = tensors.get(PREFIX + name)
-        if tensor is None:
-            raise UserError(f"{file} has no tensor {PREFIX + name}; it does not match its config.json")
-        if tensor.shape != view.shape:
-            raise UserError(f"{file}: {PREFIX + name} has shape {tuple(tensor.shape)}, config.json implies "
-                            f"{view.shape}")
-        view[...] = tensor
+    params = read_weights(path, cfg)
     tokenizer = load_tokenizer(path)
     if tokenizer.vocab_size != cfg.vocab_size:
         raise UserError(f"{path}: the tokenizer has {tokenizer.vocab_size} tokens but config.json says "

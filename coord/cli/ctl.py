@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..nodezero import MAX_WORKERS
 from .options import positive_float
 
 CTL_COMMANDS = ("status", "pause", "resume", "checkpoint", "stop", "workers", "stats", "jobs", "submit", "cancel")
@@ -32,8 +33,9 @@ def ctl_args(command: str, argument) -> dict:
     if argument is None:
         raise UserError(f"'{command}' needs {needs[command]}")
     if command == "workers":
-        if not argument.isdigit() or int(argument) <= 0:
-            raise UserError(f"the worker count must be a positive whole number, got {argument!r}")
+        if not argument.isdigit() or not 0 < int(argument) <= MAX_WORKERS:
+            raise UserError(f"the worker count must be a whole number from 1 to {MAX_WORKERS} (at most "
+                            f"{MAX_WORKERS} workers), got {argument!r}")
         return {"count": int(argument)}
     if command == "cancel":
         return {"id": argument}
@@ -41,8 +43,8 @@ def ctl_args(command: str, argument) -> dict:
         return {"job": tomllib.loads(Path(argument).read_text())}
     except OSError as error:
         raise UserError(f"cannot read {argument}: {error.strerror}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
-        raise UserError(f"{argument} is not valid TOML: {error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise UserError(f"{argument} is not valid TOML: {error or 'nested too deeply'}") from None
 
 
 def run(args) -> int:

@@ -3,7 +3,8 @@
 import argparse
 import sys
 
-from ..errors import RunFailed, UserError
+from ..errors import OperationalError, RunFailed, UserError
+from ..signals import leave
 from . import ctl, evaluate, generate, serve, train
 
 
@@ -22,6 +23,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> int:
+    """The ``cllm`` program: ``main``, then an exit that does not wait for a pool thread stuck in a kernel."""
+    return leave(main())
+
+
 def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
@@ -31,6 +37,9 @@ def main(argv=None) -> int:
         return 2
     except RunFailed as error:
         print(f"cllm: run failed: {error}", file=sys.stderr)
+        return 1
+    except OperationalError as error:
+        print(f"cllm: error: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("cllm: interrupted", file=sys.stderr)

@@ -49,6 +49,8 @@ def add_parser(commands) -> None:
         option(groups[title], s)
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from its checkpoint directory; the model, tokenizer "
                                                "and settings come from the checkpoint unless given again")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run even where another run's checkpoints are: they are deleted")
     add_logging(p)
     p.set_defaults(run=run)
 
@@ -65,25 +67,52 @@ def given_values(args) -> dict:
     return values
 
 
-def resumed_values(given: dict, resumed, saved) -> dict:
-    """The settings of a resumed run: the checkpoint's, with what the command line gives again."""
-    m = resumed.model
-    have = {"embed_dim": m.n_embd, "num_layers": m.n_layer, "num_heads": m.n_head, "seq_len": m.block_size,
-            "tokenizer": resumed.tokenizer.kind}
+def sizes_of(model) -> dict:
+    return {"embed_dim": model.n_embd, "num_layers": model.n_layer, "num_heads": model.n_head}
+
+
+def refuse_conflicts(given: dict, have: dict, whose: str, advice: str) -> None:
     for name, value in have.items():
         if name in given and given[name] != value:
-            raise UserError(f"{spell(name)} {given[name]} differs from the resumed run's {value}; leave it out "
-                            "when resuming")
+            raise UserError(f"{spell(name)} {given[name]} differs from {whose} {value}; {advice}")
+
+
+def resumed_values(given: dict, resumed, saved) -> dict:
+    """The settings of a resumed run: the checkpoint's, with what the command line gives again."""
+    values = from_checkpoint(saved.settings, str(resumed.path))
+    values.setdefault("seq_len", resumed.model.block_size)  # checkpoints that did not keep it trained at full length
+    have = {**sizes_of(resumed.model), "seq_len": values["seq_len"], "tokenizer": resumed.tokenizer.kind}
+    refuse_conflicts(given, have, "the resumed run's", "leave it out when resuming")
     if "vocab_size" in given:
         raise UserError("--vocab-size applies to a new tokenizer; a resumed run keeps its own")
-    values = from_checkpoint(saved.settings, str(resumed.path))
     values["checkpoint_dir"] = resumed.path.parent
     return {**values, **given}
 
 
+def initial_values(given: dict) -> dict:
+    """The settings of a run that starts from the model directory ``--init-from``: its shape and
+    tokenizer are the model's, its sequence length at most the model's context (by default all of it)."""
+    from ..checkpoints.hf import read_config
+
+    directory = given["init_from"]
+    model = read_config(directory)
+    refuse_conflicts(given, sizes_of(model), f"{directory}'s", "leave it out with --init-from")
+    for name in ("tokenizer", "vocab_size"):
+        if name in given:
+            raise UserError(f"{spell(name)} applies to a new tokenizer; with --init-from the tokenizer is "
+                            f"{directory}'s")
+    if given.get("seq_len", 0) > model.block_size:
+        raise UserError(f"--seq-len {given['seq_len']} is longer than the {model.block_size} positions of "
+                        f"{directory}; use at most {model.block_size}")
+    return {"seq_len": model.block_size, **given}
+
+
 def config_from(args, resumed=None, saved=None) -> RunConfig:
     given = given_values(args)
-    values = resumed_values(given, resumed, saved) if resumed else given
+    if resumed:
+        values = resumed_values(given, resumed, saved)
+    else:
+        values = initial_values(given) if "init_from" in given else given
     config = with_values(RunConfig(), values)
     check(config, spell)
     return config
@@ -91,13 +120,16 @@ def config_from(args, resumed=None, saved=None) -> RunConfig:
 
 def run(args) -> int:
     from ..checkpoints.store import load_checkpoint, load_training_state
-    from ..signals import StopSignals
+    from ..signals import StopSignals, stop_grace
     from ..training.run import open_run
     from ..training.trainer import run_event_loop
     from .progress import ProgressBar
 
     resumed = saved = None
+    if args.resume is not None and args.init_from is not None:
+        raise UserError("--init-from starts a new run from a model and --resume continues a run; give one of them")
     if args.resume is not None:
+        configure(args.log_format, args.log_level)  # passing over a damaged checkpoint is logged as the run's events
         resumed = load_checkpoint(args.resume)
         saved = load_training_state(resumed.path)
     config = config_from(args, resumed, saved)
@@ -105,10 +137,10 @@ def run(args) -> int:
     if not as_json and args.log_interval is None:  # the progress bar shows every step
         config = with_values(config, {"log_interval": 0})
     progress = ProgressBar if not as_json and sys.stderr.isatty() else None
-    trainer = open_run(config, resumed, saved, progress=progress)
+    trainer = open_run(config, resumed, saved, progress=progress, overwrite=args.overwrite)
 
     async def train():
-        with StopSignals(trainer.request_stop):
+        with StopSignals(trainer.request_stop, stop_grace(config.step_timeout)):
             return await trainer.run()
 
     run_event_loop(train())

@@ -22,15 +22,15 @@ import numpy as np
 import structlog
 
 from .corpus import Skipped, iter_documents
-from ..errors import UserError
+from ..errors import OperationalError, UserError
 from ..files import Scratch, discard, fsync_directory, remove_stale, scratch_name
-from .tokenizer import EOS, load_tokenizer, train_tokenizer
+from .tokenizer import EOS, KINDS, load_tokenizer, train_tokenizer
 
 log = structlog.get_logger("cllm.dataset")
 
 CHUNK_CHARS = 1 << 20
 MAX_CARRY = 4 * CHUNK_CHARS  # text with no safe cut this long (no whitespace at all) is cut anyway
-SEPARATORS = {"char": "\n\n", "bpe": EOS}
+CACHE_FORMAT = 2  # part of every cache key; raised when what an entry holds changes meaning
 # a place where the byte-level pre-tokenizer splits anyway: after a newline between non-spaces,
 # or before a single space between non-spaces (GPT-2's pre-tokens carry their leading space)
 SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)|(?<=\S)(?= \S)")
@@ -65,8 +65,9 @@ def text_chunks(path: Path) -> Iterator[str]:
             yield carry
 
 
-def stage_corpus(path, include, exclude, max_bytes, separator: str, staging: Scratch, leave_out: tuple) -> tuple:
-    """Stream the documents into ``staging``; returns (content sha256, documents, characters).
+def stage_corpus(path, include, exclude, max_bytes, staging: Scratch, leave_out: tuple) -> tuple:
+    """Stream the documents into ``staging``, separated by the end-of-text token; returns
+    (content sha256, documents, characters).
 
     The digest covers each document's length and sha256, in order; a document whose file turns out
     unusable part-way is cut back out of the staging text."""
@@ -79,7 +80,7 @@ def stage_corpus(path, include, exclude, max_bytes, separator: str, staging: Scr
             try:
                 for piece in document.pieces():
                     if size == 0 and count:
-                        out.write(separator.encode("utf-8"))
+                        out.write(EOS.encode("utf-8"))
                     data = piece.encode("utf-8")
                     out.write(data)
                     hashed.update(data)
@@ -148,7 +149,7 @@ def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path,
     """
     if tokenizer is not None:
         tokenizer_kind = tokenizer.kind
-    if tokenizer_kind not in SEPARATORS:
+    if tokenizer_kind not in KINDS:
         raise UserError(f"unknown tokenizer {tokenizer_kind!r}; choose char or bpe")
     cache_dir = Path(cache_dir)
     try:
@@ -160,24 +161,33 @@ def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path,
         raise UserError(f"cannot use the cache directory {cache_dir} ({error.strerror}); "
                         "give a writable --cache-dir") from None
     try:
-        digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, SEPARATORS[tokenizer_kind], staging,
-                                            leave_out=(cache_dir,))
-        if tokenizer is not None:
-            key = f"{digest[:24]}-{tokenizer.kind}-{tokenizer.fingerprint()}"
-        else:
-            key = f"{digest[:24]}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
-        entry = cache_dir / key
-        if (entry / "meta.json").exists():
-            try:
-                dataset = TokenDataset(entry, val_fraction)
-                log.info("dataset_cached", path=str(entry))
-                return dataset
-            except CacheDamaged as error:
-                log.warning("cache_entry_damaged", path=str(entry), reason=str(error), action="rebuilt")
-                discard(entry)
-        build_entry(staging.path, entry, tokenizer_kind, vocab_size, digest, documents, tokenizer)
+        return cached_or_built(path, tokenizer_kind, vocab_size, cache_dir, include, exclude, val_fraction, max_bytes,
+                               tokenizer, staging)
+    except OSError as error:
+        raise OperationalError(f"cannot write the token cache in {cache_dir} ({error.strerror or error}); free space "
+                               "or give another --cache-dir") from None
     finally:
         staging.remove()
+
+
+def cached_or_built(path, tokenizer_kind, vocab_size, cache_dir, include, exclude, val_fraction, max_bytes, tokenizer,
+                    staging: Scratch) -> "TokenDataset":
+    """Stage the corpus, then open its cache entry, building (or rebuilding) it when needed."""
+    digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, staging, leave_out=(cache_dir,))
+    if tokenizer is not None:
+        key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer.kind}-{tokenizer.fingerprint()}"
+    else:
+        key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer_kind}" + (f"{vocab_size}" if tokenizer_kind == "bpe" else "")
+    entry = cache_dir / key
+    if (entry / "meta.json").exists():
+        try:
+            dataset = TokenDataset(entry, val_fraction)
+            log.info("dataset_cached", path=str(entry))
+            return dataset
+        except CacheDamaged as error:
+            log.warning("cache_entry_damaged", path=str(entry), reason=str(error), action="rebuilt")
+            discard(entry)
+    build_entry(staging.path, entry, tokenizer_kind, vocab_size, digest, documents, tokenizer)
     return TokenDataset(entry, val_fraction)
 
 

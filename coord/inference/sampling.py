@@ -1,7 +1,8 @@
-"""Sampling text from a model: temperature, top-k, top-p, streamed as it comes."""
+"""Sampling text from a model: temperature, top-k, top-p, streamed as it comes, until the
+end-of-text token or a stop string."""
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -18,6 +19,7 @@ class SamplingConfig:
     top_k: int = 0  # 0: no limit
     top_p: float = 1.0
     seed: int = 0
+    stop: tuple = ()  # strings that end the text where they first appear (not printed)
 
 
 def choose(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator) -> int:
@@ -56,21 +58,40 @@ def generate_ids(w: Tensors, cache: KVCache, prompt: np.ndarray, config: Samplin
             logits = step(w, cache, np.asarray([token], dtype=np.int32))[-1]
 
 
-def generate_text(w: Tensors, cache: KVCache, tokenizer, prompt: str, config: SamplingConfig) -> Iterator[str]:
-    """Pieces of text as tokens come; a piece is emitted once it decodes to whole characters."""
-    ids = tokenizer.encode(prompt)
-    if len(ids) == 0:
-        if tokenizer.eos_id is None:
-            raise UserError("the prompt is empty and this tokenizer has no end-of-text token to start from; "
-                            "give --prompt some text")
-        ids = np.asarray([tokenizer.eos_id], dtype=np.int32)
-    new, emitted = [], ""
-    for token in generate_ids(w, cache, np.asarray(ids, dtype=np.int32), config):
+def held_back(text: str, stop: tuple) -> int:
+    """How many characters at the end of ``text`` could be the start of a stop string."""
+    return max((k for s in stop for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
+
+
+def stream_text(ids: Iterable[int], tokenizer, stop: tuple = ()) -> Iterator[str]:
+    """Pieces of the text of ``ids`` as they come, ending before the end-of-text token or the first
+    stop string. A piece is emitted once it decodes to whole characters and cannot be the start
+    of a stop string."""
+    new, emitted, text = [], "", ""
+    for token in ids:
         if token == tokenizer.eos_id:
             break
         new.append(token)
-        text = tokenizer.decode(new)
-        if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next bytes
+        decoded = tokenizer.decode(new)
+        if decoded.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next bytes
             continue
+        text = decoded
+        found = [i for i in (text.find(s, max(0, len(emitted) - len(s) + 1)) for s in stop) if i >= 0]
+        if found:
+            text = text[:min(found)]
+            break
+        ready = len(text) - held_back(text, stop)
+        if ready > len(emitted):
+            yield text[len(emitted):ready]
+            emitted = text[:ready]
+    if len(text) > len(emitted):
         yield text[len(emitted):]
-        emitted = text
+
+
+def generate_text(w: Tensors, cache: KVCache, tokenizer, prompt: str, config: SamplingConfig) -> Iterator[str]:
+    """The text following ``prompt``, streamed, until end-of-text, a stop string or max_new_tokens."""
+    ids = tokenizer.encode(prompt)
+    if len(ids) == 0:
+        ids = np.asarray([tokenizer.eos_id], dtype=np.int32)  # start as a new document
+    yield from stream_text(generate_ids(w, cache, np.asarray(ids, dtype=np.int32), config), tokenizer, config.stop)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
+from cllm.kernels.dropout import Dropout, step_key
 from cllm.kernels.model import GPTConfig, ParamLayout
 from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
@@ -69,8 +70,9 @@ class NodeZero:
     """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer."""
 
     def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: Optimizer, n_workers: int,
-                 step_timeout: float = 600.0, retries: int = 1):
+                 step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0, seed: int = 0):
         self.cfg = cfg
+        self.dropout, self.seed = dropout, seed
         self.layout = ParamLayout(cfg)
         self.params = params
         self.weights = self.layout.tensors(params)
@@ -146,7 +148,9 @@ class NodeZero:
         await self.collect(lambda m: m.type is M.SHUTDOWN_ACK, len(self.tasks), "spheres to stop")
         await asyncio.wait_for(asyncio.gather(*self.tasks.values(), return_exceptions=True), self.step_timeout)
         self.tasks.clear()
-        self.pool.shutdown(wait=True)
+        # a thread stuck in a kernel (its step already failed by the timeout) cannot be joined: the pool's
+        # idle threads end, a stuck one is left behind rather than freezing the event loop for good
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     async def close(self) -> None:
         if self.control.state is ControlState.STOPPED:
@@ -265,8 +269,10 @@ class NodeZero:
         started = time.perf_counter()
         dloss = 1.0 / sum(tokens.size for tokens, _ in batches)
         loss_sum, n_tokens, kernel_s = 0.0, 0, 0.0
+        first_row = 0  # the global row of each micro-step's first sequence in the step's batch
         for k, (tokens, targets) in enumerate(batches):
-            reports = await self.dispatch_with_retry(step, tokens, targets, dloss)
+            reports = await self.dispatch_with_retry(step, tokens, targets, dloss, first_row)
+            first_row += len(tokens)
             loss_sum += sum(r.payload.loss_sum for r in reports)
             n_tokens += sum(r.payload.tokens for r in reports)
             self.tree.machine.to(SphereState.ACCUMULATING)
@@ -291,10 +297,11 @@ class NodeZero:
         return StepResult(step=step, loss=loss, tokens=n_tokens, grad_norm=grad_norm, applied=applied,
                           seconds=time.perf_counter() - started, kernel_seconds=kernel_s)
 
-    async def dispatch_with_retry(self, step: int, tokens: np.ndarray, targets: np.ndarray, dloss: float) -> list:
+    async def dispatch_with_retry(self, step: int, tokens: np.ndarray, targets: np.ndarray, dloss: float,
+                                  first_row: int = 0) -> list:
         for attempt in range(self.retries + 1):
             try:
-                return await self.dispatch(step, tokens, targets, dloss)
+                return await self.dispatch(step, tokens, targets, dloss, first_row)
             except StepFailed as error:
                 action = "retry" if attempt < self.retries and not error.timed_out else "fail"
                 log.warning("step_failed", step=step, attempt=attempt + 1, action=action, error=str(error))
@@ -302,9 +309,11 @@ class NodeZero:
                 if action == "fail":
                     raise
 
-    async def dispatch(self, step: int, tokens: np.ndarray, targets: np.ndarray, dloss: float) -> list:
-        """BATCH_START down the tree; returns the GRADIENT_READY / GRADIENT_ACCUMULATE that reach the root."""
-        self.batch = (tokens, targets, dloss)
+    async def dispatch(self, step: int, tokens: np.ndarray, targets: np.ndarray, dloss: float,
+                       first_row: int = 0) -> list:
+        """BATCH_START down the tree; returns the GRADIENT_READY / GRADIENT_ACCUMULATE that reach the root.
+        ``first_row`` is the global row of ``tokens[0]`` in the step's batch (for the dropout masks)."""
+        self.batch = (tokens, targets, dloss, first_row)
         active = set()
         for leaf, a, b in self.micro_batches(len(tokens)):
             if b == a:  # more workers than rows: this one sits the step out
@@ -368,13 +377,13 @@ class NodeZero:
         total, count = 0.0, 0
         leaves = self.tree.leaves()
         for index, (tokens, targets) in enumerate(batches):
-            self.batch = (tokens, targets, 0.0)
+            self.batch = (tokens, targets, 0.0, 0)
             offers = {leaf.worker_index: (leaf, a, b) for leaf, a, b in self.micro_batches(len(tokens)) if b > a}
             for leaf, a, b in offers.values():
                 self.send(M.WORK_OFFER, leaf, pl.WorkOffer(step=index, micro_batch=leaf.worker_index, row_start=a,
                                                            row_stop=b))
-            done = 0
-            while done < len(offers):
+            losses = {}  # micro_batch -> summed loss, added in a fixed order whatever the arrival order
+            while len(losses) < len(offers):
                 reply = (await self.collect(lambda m: m.type in EVAL_REPLIES and m.payload.step == index, 1,
                                             "validation rows"))[0]
                 p = reply.payload
@@ -387,9 +396,9 @@ class NodeZero:
                     self.send(M.WORK_OFFER, other, pl.WorkOffer(step=index, micro_batch=p.micro_batch, row_start=a,
                                                                 row_stop=b))
                     continue
-                total += p.loss_sum
+                losses[p.micro_batch] = p.loss_sum
                 count += p.tokens
-                done += 1
+            total += sum(losses[k] for k in sorted(losses))
         self.notify(M.BOUNDARY_REGION_EXIT, pl.Region(step=self.optimizer.step, position=0, kind="validation"))
         return total / count
 
@@ -527,7 +536,7 @@ class NodeZero:
             return
         self.post_root(M.WORK_ACCEPT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch, reason=""), sphere.id)
         sphere.machine.to(SphereState.PROCESSING)
-        tokens, targets, _ = self.batch
+        tokens, targets, _, _ = self.batch
         loop = asyncio.get_running_loop()
         try:
             loss_sum, busy = await asyncio.wait_for(loop.run_in_executor(
@@ -552,13 +561,14 @@ class NodeZero:
     async def run_micro_batch(self, sphere: Sphere, p) -> None:
         """A worker's BATCH_START: its rows' forward and backward on a pool thread, then GRADIENT_READY."""
         sphere.machine.to(SphereState.PROCESSING)
-        tokens, targets, dloss = self.batch
+        tokens, targets, dloss, first_row = self.batch
         kernels = self.kernels[sphere.worker_index]
+        drop = Dropout(self.dropout, step_key(self.seed, p.step), first_row + p.row_start) if self.dropout else None
         loop = asyncio.get_running_loop()
         waited = time.perf_counter()
         try:
             future = loop.run_in_executor(self.pool, kernels.train, self.weights, tokens[p.row_start:p.row_stop],
-                                          targets[p.row_start:p.row_stop], dloss)
+                                          targets[p.row_start:p.row_stop], dloss, drop)
             loss_sum, busy = await asyncio.wait_for(future, self.step_timeout)
         except Exception as error:  # reported, never raised through the event loop
             if sphere.state is SphereState.PROCESSING:

@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 
+from cllm.kernels.dropout import Dropout
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, Tensors, forward_backward, loss_sum
 
 
@@ -24,11 +25,13 @@ class WorkerKernels:
             self.acts[B, T] = Activations(self.cfg, B, T)
         return self.acts[B, T]
 
-    def train(self, weights: Tensors, tokens: np.ndarray, targets: np.ndarray, dloss: float) -> tuple:
-        """Forward and backward of rows ``tokens`` (B,T); returns (summed loss, seconds)."""
+    def train(self, weights: Tensors, tokens: np.ndarray, targets: np.ndarray, dloss: float,
+              drop: Dropout | None = None) -> tuple:
+        """Forward and backward of rows ``tokens`` (B,T), with ``drop``'s dropout masks; returns
+        (summed loss, seconds)."""
         start = time.perf_counter()
         acts = self.activations(*tokens.shape)
-        total = forward_backward(weights, self.grads, acts, tokens, targets, dloss)
+        total = forward_backward(weights, self.grads, acts, tokens, targets, dloss, drop)
         return total, time.perf_counter() - start
 
     def evaluate(self, weights: Tensors, tokens: np.ndarray, targets: np.ndarray) -> tuple:

@@ -9,8 +9,10 @@ configuration file's directory, so a file means the same from any cwd.
 
 import dataclasses
 import grp
+import importlib
 import ipaddress
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +31,8 @@ def is_loopback(text: str) -> bool:
 
 
 PORT = Rule(int, "a port number from 1 to 65535", lambda v: 1 <= v <= 65535)
+PATHS = Rule(tuple, "a list of paths (strings)")
+MAX_FILE_BYTES = 1 << 20  # a configuration is a few kilobytes
 LOOPBACK = Rule(str, "a loopback address, 127.0.0.0/8 or ::1 (metrics are served on loopback only; "
                      "reach them from elsewhere through a proxy)", is_loopback)
 
@@ -40,6 +44,8 @@ class ServiceSettings:
     state_dir: Path | None = setting(None, PATH, "jobs, checkpoints, caches")  # once loaded, never None
     socket: Path | None = setting(None, PATH, "the control socket")  # once loaded, never None
     socket_group: str = setting("", NAME, "a group whose members may use the control socket")
+    data_roots: tuple = setting((), PATHS, "directories a submitted job may read data from; "
+                                           "empty: the state directory and [data] path")
     stall_timeout: float = setting(300.0, SECONDS, "seconds a worker may make no progress before it is reported")
     memory_limit_mb: int = setting(0, COUNT, "resident memory at which the run checkpoints and stops (0: none)")
 
@@ -105,7 +111,8 @@ def load_config(path: Path, environ: Mapping = os.environ) -> ServiceConfig:
                  or base / "cllm-state")
     runtime_dir = first_directory(environ, "RUNTIME_DIRECTORY")
     socket = located(base, service.get("socket", "")) or (runtime_dir or state_dir) / "control.sock"
-    own["service"] = {**service, "state_dir": state_dir, "socket": socket}
+    own["service"] = {**service, "state_dir": state_dir, "socket": socket,
+                      "data_roots": tuple(located(base, root) for root in service.get("data_roots", ()) if root)}
     values = {"cache_dir": state_dir / "cache", **parse_run(raw, TABLES, where, base, state_dir)}
     config = ServiceConfig(source=path.absolute(), run=with_values(RunConfig(), values),
                            **{table: cls(**own[table]) for table, cls in OWN_TABLES.items()})
@@ -121,10 +128,33 @@ def merge_job(config: ServiceConfig, overrides: Mapping, where: str = "job") -> 
     for table in overrides:
         if table not in JOB_TABLES:
             raise UserError(f"{where}: unknown table [{table}]; a job may set: {', '.join(JOB_TABLES)}")
-    values = parse_run(overrides, JOB_TABLES, where, config.source.parent, config.service.state_dir)
+    values = confined(parse_run(overrides, JOB_TABLES, where, config.source.parent, config.service.state_dir),
+                      config, where)
     merged = dataclasses.replace(config, run=with_values(config.run, values))
     check_combinations(merged, where)
     return merged
+
+
+def confined(values: dict, config: ServiceConfig, where: str) -> dict:
+    """A job's [data] values, refused unless its corpus lies under the roots a job may read ([service]
+    data_roots, by default the state directory and the configuration's own [data] path) and its cache
+    under the state directory; paths resolved, so that no link leads out afterwards."""
+    s = config.service
+    if values.get("path") is not None:
+        roots = s.data_roots or tuple(p for p in (s.state_dir, config.run.data.path) if p is not None)
+        real = values["path"].resolve()
+        if not any(real.is_relative_to(root.resolve()) for root in roots):
+            raise UserError(f"{where}: [data] path {values['path']} is outside what a job may read "
+                            f"({', '.join(map(str, roots))}); put the corpus there, or have the operator add its "
+                            "directory to [service] data_roots")
+        values["path"] = real
+    if "cache_dir" in values:
+        real = values["cache_dir"].resolve()
+        if not real.is_relative_to(s.state_dir.resolve()):
+            raise UserError(f"{where}: [data] cache_dir {values['cache_dir']} is outside the state directory "
+                            f"{s.state_dir}; leave it out, or give a directory inside it")
+        values["cache_dir"] = real
+    return values
 
 
 def reload_changes(old: ServiceConfig, new: ServiceConfig) -> tuple[dict, list]:
@@ -149,8 +179,15 @@ def reload_changes(old: ServiceConfig, new: ServiceConfig) -> tuple[dict, list]:
 
 def read_toml(path: Path) -> dict:
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)  # a FIFO must not hang the start
+        with open(fd, "rb") as f:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise UserError(f"{path}: not a regular file; give the path of a TOML file")
+            if info.st_size > MAX_FILE_BYTES:
+                raise UserError(f"{path}: {info.st_size} bytes, larger than a configuration can be "
+                                f"({MAX_FILE_BYTES >> 20} MiB); give the right file")
+            return tomllib.loads(f.read().decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: no such configuration file; give the path of a TOML file "
                         "(deploy/cllm.toml is an example)") from None
@@ -161,6 +198,8 @@ def read_toml(path: Path) -> dict:
         raise UserError(f"{path}: not UTF-8 text; save the configuration as UTF-8") from None
     except tomllib.TOMLDecodeError as error:
         raise UserError(f"{path}: invalid TOML: {error}; fix the syntax there") from None
+    except RecursionError:
+        raise UserError(f"{path}: invalid TOML: arrays or tables nested too deeply; fix the file") from None
 
 
 def table_items(table: str, raw, where: str) -> dict:
@@ -180,8 +219,9 @@ def parse_run(raw: Mapping, tables, where: str, base: Path, state_dir: Path) -> 
                     continue
                 raise UserError(f"{where}: unknown key [{table}] {key}; allowed: {', '.join(keys_of(table))}")
             values[key] = convert(allowed[key], value, f"{where}: [{table}] {key}")
-    if "path" in values:
-        values["path"] = located(base, values["path"])
+    for key in ("path", "init_from"):
+        if key in values:
+            values[key] = located(base, values[key])
     if "cache_dir" in values:
         values["cache_dir"] = located(base, values["cache_dir"]) or state_dir / "cache"
     return values
@@ -224,6 +264,12 @@ def check_combinations(c: ServiceConfig, where: str) -> None:
     except UserError as error:
         raise UserError(f"{where}: {error}") from None
     s = c.service
+    if c.metrics.enabled:
+        try:
+            importlib.import_module("prometheus_client")  # the metrics extra
+        except ImportError:
+            raise UserError(f"{where}: [metrics] enabled = true needs prometheus_client, which is not installed; "
+                            "pip install 'cllm[metrics]', or set enabled = false") from None
     if len(os.fsencode(s.socket)) > MAX_SOCKET_PATH:
         raise UserError(f"{where}: [service] socket {s.socket} is longer than a Unix socket path may be "
                         f"({MAX_SOCKET_PATH} bytes); set [service] socket to a shorter path")

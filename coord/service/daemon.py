@@ -5,7 +5,16 @@ The daemon runs the jobs of its queue one after another (the configuration's own
 the job ``main``), each in ``<state_dir>/jobs/<id>/``, resuming from its latest checkpoint
 after a restart. SIGTERM or SIGINT finishes the step in flight, writes a checkpoint and
 exits 0; a second one exits at once. SIGHUP re-reads the configuration and applies what
-can change while running (log level, evaluation and checkpoint intervals).
+can change while running (log level, evaluation and checkpoint intervals); SIGUSR1 and
+SIGUSR2 are ignored (logged).
+
+The daemon keeps running through operational errors. A checkpoint that cannot be written is
+logged and tried again at the next interval; a job that cannot go on for such a reason (a
+full disk, a run directory it cannot write) is paused with the reason, which ``cllm ctl
+status`` shows, and runs again after a restart or ``cllm ctl resume`` once the cause is
+fixed. Only a configuration it cannot start with makes it exit, with status 2 and one line:
+a bad file, a state directory it cannot lock and write, another daemon on the same state
+directory or socket.
 """
 
 import asyncio
@@ -22,9 +31,11 @@ from cllm.protocol.messages import MessageType as M, Priority
 
 from ..checkpoints.store import list_checkpoints, load_checkpoint, load_training_state
 from .control import ControlServer
-from ..errors import RunFailed, UserError
+from ..errors import OperationalError, RunFailed, UserError
+from ..files import Locked, Scratch, hold_lock, scratch_name
+from ..nodezero import MAX_WORKERS
 from .health import HealthMonitor
-from ..signals import StopSignals
+from ..signals import StopSignals, stop_grace
 from ..training.hooks import Hook
 from .jobs import JobStore
 from ..logs import configure
@@ -34,6 +45,8 @@ from ..training.run import open_run
 from .config import load_config, merge_job, reload_changes
 
 log = structlog.get_logger("cllm.service")
+
+UMASK = 0o027  # deploy/cllm.service's UMask=: nothing the daemon writes is wider, however it is started
 
 
 class Service:
@@ -51,14 +64,17 @@ class Service:
         self.ready_sent = False
         self.last_status = {}
         self.workers = None  # a worker count asked for while no run was in progress
+        self.state_lock = None  # the descriptor holding <state_dir>/daemon.lock
 
     # ----- lifecycle -----
 
     async def run(self) -> int:
         c = self.config
         configure(c.logging.format, c.logging.level)
-        c.service.state_dir.mkdir(parents=True, exist_ok=True)
+        os.umask(os.umask(UMASK) | UMASK)
+        self.state_lock = claim_state_dir(c.service.state_dir)
         self.jobs = JobStore(c.service.state_dir)
+        self.jobs.unpause()  # a restart is the operator's sign that the cause is fixed
         control = ControlServer(c.service.socket, self.handle, c.service.socket_group,
                                 answer_timeout=c.run.step_timeout + 60)
         await control.start()
@@ -70,7 +86,7 @@ class Service:
         log.info("service_started", config=str(self.config_path), state_dir=str(c.service.state_dir),
                  socket=str(c.service.socket), pid=os.getpid())
         try:
-            with StopSignals(self.stop):
+            with StopSignals(self.stop, stop_grace(c.run.step_timeout)):
                 while not self.stopping:
                     job = self.jobs.next()
                     if job is None:
@@ -113,6 +129,9 @@ class Service:
             log.error("job_refused", job=job.id, error=str(error))
             self.jobs.set(job, "failed", str(error))
             return
+        except OperationalError as error:
+            self.pause_job(job, error)
+            return
         self.job = job
         self.jobs.set(job, "running")
         self.attach(self.trainer)
@@ -123,6 +142,8 @@ class Service:
         except RunFailed as error:
             log.error("job_failed", job=job.id, error=str(error))
             self.jobs.set(job, "failed", str(error))
+        except OperationalError as error:
+            self.pause_job(job, error)
         else:
             if job.status == "cancelled" or self.trainer.stop_reason == "cancel":
                 self.jobs.set(job, "cancelled", f"at step {summary['step']}")
@@ -134,6 +155,10 @@ class Service:
         finally:
             monitor.cancel()
             self.trainer, self.job = None, None
+
+    def pause_job(self, job, error: OperationalError) -> None:
+        log.error("job_paused", job=job.id, error=str(error), action="fix the cause, then 'cllm ctl resume' or restart")
+        self.jobs.set(job, "paused", str(error))
 
     def attach(self, trainer) -> None:
         """Hooks that report a run's progress to systemd, metrics and the health monitor."""
@@ -223,9 +248,16 @@ class Service:
         if command == "stop":
             self.stop("stop")
             return {"stopping": True}
+        if command == "workers" and args["count"] > MAX_WORKERS:
+            raise UserError(f"{args['count']} workers is more than the {MAX_WORKERS} a run may have")
         if command == "workers" and t is None:
             self.workers = args["count"]
             return {"workers": args["count"], "applies": "to the next run"}
+        if command == "resume" and t is None and self.jobs.paused():
+            resumed = [job.id for job in self.jobs.unpause()]
+            self.wake.set()
+            log.info("jobs_resumed", jobs=resumed)
+            return {"resumed": resumed}
         if t is None:
             raise UserError(f"no run is in progress; '{command}' needs one")
         if command == "pause":
@@ -247,8 +279,32 @@ class Service:
         status = {"pid": os.getpid(), "state": "stopping" if self.stopping else "idle" if t is None else
                   t.node.control.state.name.lower(), "job": self.job.id if self.job else None,
                   "time": time.time()}
+        paused = self.jobs.paused()
+        if t is None and paused:  # why nothing trains
+            status.update(state="paused", job=paused[0].id, reason=paused[0].detail)
         if t is not None:
             status.update(self.last_status)
             status.update(step=t.state.step, steps=t.config.steps, workers=t.node.n_workers,
                           best_val_loss=t.state.best_val if t.state.best_step else None)
         return status
+
+
+def claim_state_dir(state_dir: Path) -> int:
+    """Lock the state directory for this daemon and prove it can be written; the descriptor holds the lock.
+    UserError (exit 2, one line) when another daemon holds it or the directory cannot be used."""
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        lock = hold_lock(state_dir / "daemon.lock")
+    except Locked as error:
+        raise UserError(f"another daemon (pid {error.holder}) uses the state directory {state_dir}; stop it, or "
+                        "give this one another [service] state_dir") from None
+    except OSError as error:
+        raise UserError(f"cannot use the state directory {state_dir} ({error.strerror}); give a directory the "
+                        "service can create and write ([service] state_dir)") from None
+    try:
+        Scratch(state_dir / scratch_name(".probe.tmp-")).remove()
+    except OSError as error:
+        os.close(lock)
+        raise UserError(f"cannot write in the state directory {state_dir} ({error.strerror}); fix its permissions "
+                        "or attributes, or give another [service] state_dir") from None
+    return lock

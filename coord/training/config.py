@@ -13,8 +13,8 @@ from pathlib import Path
 from ..data.tokenizer import KINDS as TOKENIZERS
 from ..errors import UserError
 from ..nodezero import MAX_WORKERS
-from ..settings import (COUNT, GLOBS, NON_NEGATIVE, PATH, POSITIVE, SECONDS, at_most, convert, declared, get, one_of,
-                        plain, replaced, setting)
+from ..settings import (BETA, COUNT, GLOBS, NON_NEGATIVE, PATH, POSITIVE, SECONDS, at_most, convert, declared, get,
+                        one_of, plain, replaced, setting)
 from .optimizer import OptimizerConfig
 from .schedule import Schedule
 
@@ -28,7 +28,9 @@ class ModelConfig:
     embed_dim: int = setting(128, POSITIVE, "width of the residual stream; divisible by num_heads")
     num_layers: int = setting(4, POSITIVE, "transformer blocks")
     num_heads: int = setting(4, POSITIVE, "attention heads per block")
-    seq_len: int = setting(64, POSITIVE, "context length in tokens")
+    seq_len: int = setting(64, POSITIVE, "tokens per training sequence; a new model's context length")
+    init_from: Path | None = setting(None, PATH, "a Hugging Face GPT-2 directory to fine-tune: its shape, weights "
+                                                 "and tokenizer replace a new model's")
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,9 @@ class RunConfig:
     threads: int = setting(0, at_most(MAX_WORKERS, low=0), "worker threads (0: the cores this process may use)")
     micro_batches: int = setting(0, COUNT, "micro-batches each micro-step's rows are cut into and handed out to "
                                            "idle workers (0: one per worker)")
-    seed: int = setting(1337, COUNT, "seeds the initial weights and the batches")
+    seed: int = setting(1337, COUNT, "seeds the initial weights, the batches and the dropout masks")
+    dropout: float = setting(0.0, BETA, "probability of dropping each element of the embedding and of both "
+                                        "residual branches of every block while training")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: Schedule = Schedule()
     clip_norm: float = setting(1.0, NON_NEGATIVE, "clip the gradient's global norm to this (0: off)")
@@ -80,9 +84,10 @@ class RunConfig:
 
 SETTINGS = declared(RunConfig)
 BY_NAME = {s.name: s for s in SETTINGS}
-# what a checkpoint keeps for --resume: the model's sizes and the tokenizer come from its own files;
-# where the run lives and how this machine runs it are the resuming command's
-NOT_RESUMED = {"embed_dim", "num_layers", "num_heads", "seq_len", "tokenizer", "vocab_size", "cache_dir",
+# what a checkpoint keeps for --resume: the model's sizes and the tokenizer come from its own files
+# (seq_len, the training windows, may be shorter than its position table, so it is kept); where the
+# run lives and how this machine runs it are the resuming command's
+NOT_RESUMED = {"embed_dim", "num_layers", "num_heads", "init_from", "tokenizer", "vocab_size", "cache_dir",
                "checkpoint_dir", "threads", "log_interval", "step_timeout"}
 
 

@@ -1,7 +1,7 @@
 """Optimizers over the flat parameter buffer, stepped by parameter slices across the pool.
 
-Weight decay reaches only the matrices of the linear layers, never biases, LayerNorm
-gains or the embeddings, unless ``decay_all`` is asked for.
+Weight decay reaches only the matrices of the linear layers (an untied output head is one),
+never biases, LayerNorm gains or the embeddings, unless ``decay_all`` is asked for.
 """
 
 from dataclasses import dataclass
@@ -31,7 +31,7 @@ class OptimizerConfig:
 def decays(name: str, decay_all: bool) -> bool:
     if decay_all:
         return True
-    return name.endswith(".weight") and (".attn." in name or ".mlp." in name)
+    return name == "lm_head.weight" or (name.endswith(".weight") and (".attn." in name or ".mlp." in name))
 
 
 def split_range(size: int, parts: int) -> list:

@@ -4,6 +4,8 @@ import structlog
 
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 
+from ..checkpoints.run_dir import claim_run_dir
+from ..checkpoints.store import load_checkpoint
 from ..data.dataset import prepare_dataset
 from ..errors import UserError
 from ..nodezero.node_zero import usable_cores
@@ -14,23 +16,40 @@ from .trainer import RunState, Trainer, check_memory, restore_state
 log = structlog.get_logger("cllm.run")
 
 
-def open_run(config: RunConfig, resumed=None, training_state=None, progress=None) -> Trainer:
+def open_run(config: RunConfig, resumed=None, training_state=None, progress=None, overwrite: bool = False) -> Trainer:
     """A Trainer for ``config`` (checked by the caller); ``resumed`` is a loaded checkpoint and
-    ``training_state`` its training state, to continue from. ``progress`` makes a progress bar from
-    the step count."""
-    d = config.data
+    ``training_state`` its training state, to continue from. Otherwise a new run starts from the
+    model directory ``init_from`` (its shape, weights and tokenizer), or from a new model.
+    ``progress`` makes a progress bar from the step count. The run directory is claimed first
+    (locked, proven writable, another run's refused unless ``overwrite``), and taken only once
+    everything else is checked."""
+    run_dir = claim_run_dir(config.checkpoints.dir, resumed.path if resumed else None, overwrite)
+    try:
+        trainer = prepare(config, resumed, training_state, progress)
+        run_dir.take()
+    except BaseException:
+        run_dir.abandon()
+        raise
+    trainer.run_directory = run_dir
+    return trainer
+
+
+def prepare(config: RunConfig, resumed, training_state, progress) -> Trainer:
+    d, m = config.data, config.model
     if d.path is not None and not d.path.exists():
         raise UserError(f"{d.path} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
+    start = resumed or (load_checkpoint(m.init_from) if m.init_from is not None else None)
     dataset = prepare_dataset(d.path, d.tokenizer, d.vocab_size, d.cache_dir, include=d.include, exclude=d.exclude,
-                              tokenizer=resumed.tokenizer if resumed else None)
-    if resumed:
-        model = resumed.model
-        config = with_values(config, {"seq_len": model.block_size})
+                              tokenizer=start.tokenizer if start else None)
+    if start:
+        model = start.model
+        if m.seq_len > model.block_size:
+            raise UserError(f"seq_len {m.seq_len} is longer than the {model.block_size} positions of {start.path}; "
+                            f"use at most {model.block_size}")
     else:
-        m = config.model
         model = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=m.seq_len, n_layer=m.num_layers,
                           n_head=m.num_heads, n_embd=m.embed_dim)
-    dataset.validate_seq_len(config.model.seq_len)
+    dataset.validate_seq_len(m.seq_len)
     resolved = {"threads": config.threads or usable_cores(), "epochs": 0}
     if config.epochs:
         resolved["steps"] = config.epochs * dataset.steps_per_epoch(config.batch_size * config.grad_accum,
@@ -46,7 +65,9 @@ def open_run(config: RunConfig, resumed=None, training_state=None, progress=None
             raise UserError(f"{resumed.path} is at step {state.step}, already at {config.steps} steps; "
                             "ask for more steps")
     else:
-        params = init_params(model, config.seed)
+        params = start.params if start else init_params(model, config.seed)
         optimizer, state = Optimizer(layout, config.optimizer), RunState()
+        if start:
+            log.info("initialised_from", path=str(start.path), parameters=int(params.size))
     return Trainer(config, model, dataset, params, optimizer, state,
                    progress=progress(config.steps) if progress else None)

@@ -9,7 +9,7 @@ cycle between ``min_lr`` and ``lr`` with ``cycle_steps`` steps per half cycle.
 import math
 from dataclasses import dataclass
 
-from ..settings import COUNT, NON_NEGATIVE, POSITIVE, RATE, one_of, setting
+from ..settings import COUNT, NON_NEGATIVE, POSITIVE, one_of, setting
 
 KINDS = ("constant", "linear", "cosine", "exponential", "cyclical")
 
@@ -17,7 +17,8 @@ KINDS = ("constant", "linear", "cosine", "exponential", "cyclical")
 @dataclass(frozen=True)
 class Schedule:
     kind: str = setting("constant", one_of(KINDS), "the learning-rate schedule", name="lr_schedule")
-    lr: float = setting(1e-3, RATE, "the peak learning rate", name="learning_rate")
+    lr: float = setting(1e-3, NON_NEGATIVE, "the peak learning rate (0: the weights stay as they are)",
+                        name="learning_rate")
     warmup_steps: int = setting(0, COUNT, "steps of linear warm-up to the learning rate")
     decay_steps: int = setting(0, COUNT, "the step at which a decaying schedule reaches min_lr (0: the run's steps)")
     min_lr: float = setting(0.0, NON_NEGATIVE, "the schedule's floor; > 0 for exponential")

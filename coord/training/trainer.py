@@ -23,7 +23,7 @@ from cllm.protocol import payloads as pl
 from cllm.protocol.messages import MessageType as M
 
 from ..checkpoints.store import mark_best, prune_checkpoints, save_checkpoint
-from ..errors import RunFailed, UserError
+from ..errors import OperationalError, RunFailed, UserError
 from .hooks import Hook, Hooks
 from ..nodezero.node_zero import NodeZero, StepFailed
 from ..nodezero.states import ControlState
@@ -92,7 +92,8 @@ class Trainer:
         self.params, self.optimizer, self.state = params, optimizer, state
         self.hooks = hooks or Hooks()
         self.progress = progress
-        self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout)
+        self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
+                             dropout=config.dropout, seed=config.seed)
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
         self.last_val_loss = None
@@ -100,6 +101,7 @@ class Trainer:
         self.pause_wanted = None  # a future answered once the run has paused
         self.resumed = asyncio.Event()
         self.on_idle = None  # called about once a second while paused (the daemon's watchdog)
+        self.run_directory = None  # the claimed run directory, released when the run ends
 
     async def run(self) -> dict:
         c = self.config
@@ -113,6 +115,8 @@ class Trainer:
                 summary = await self.loop()
             finally:
                 await self.node.close()
+                if self.run_directory is not None:
+                    self.run_directory.release()
                 for future in list(self.waiting.values()) + [self.pause_wanted]:
                     if future is not None and not future.done():
                         future.set_exception(RuntimeError("the run ended before the request was handled"))
@@ -131,7 +135,12 @@ class Trainer:
         return future
 
     def pause(self) -> asyncio.Future:
-        """Pause at the next step boundary; the future is answered once paused."""
+        """Pause at the next step boundary; the future is answered once paused (at once if it is)."""
+        if self.node.control.state is ControlState.PAUSED:
+            self.resumed.clear()  # stays paused, whatever resume was asked just before
+            paused = asyncio.get_running_loop().create_future()
+            paused.set_result({"paused": True, "step": self.state.step})
+            return paused
         if self.pause_wanted is None or self.pause_wanted.done():
             self.pause_wanted = asyncio.get_running_loop().create_future()
             self.resumed.clear()
@@ -188,7 +197,7 @@ class Trainer:
         if self.progress is not None:
             self.progress.close()
         val_loss = await self.evaluate_and_track()
-        path = self.checkpoint(best=s.best_step == s.step)
+        path = self.checkpoint(best=s.best_step == s.step, required=True)
         elapsed = time.perf_counter() - started
         summary = {"step": s.step, "loss": last.loss if last else math.nan, "val_loss": val_loss,
                    "val_perplexity": math.exp(min(val_loss, 700.0)), "best_val_loss": s.best_val,
@@ -300,19 +309,32 @@ class Trainer:
         if message.type is M.STATS_REQUEST:
             return await self.node.stats()
         if message.type is M.TWIN_PRIME_HIT:
-            return {"checkpoint": str(self.checkpoint(best=False)), "step": self.state.step}
+            return {"checkpoint": str(self.checkpoint(best=False, required=True)), "step": self.state.step}
         raise ValueError(f"{message.type.name} is not a control request")
 
-    def checkpoint(self, best: bool) -> Path:
+    def checkpoint(self, best: bool, required: bool = False) -> Path | None:
+        """Write a checkpoint of the step just taken. One that cannot be written (a full disk) is logged and
+        the next interval tries again; one that is ``required`` (the run's last, or asked for) raises
+        OperationalError instead, the last checkpoint written staying the one to resume from."""
         s = self.state
         training_state = {"optimizer_state": self.optimizer.state, "optimizer_step": np.int64(self.optimizer.step),
                           "run_state": np.array([s.step, s.best_val, s.best_step, s.evals_since_best, s.bad_in_row],
                                                 dtype=np.float64),
                           "settings": np.array(json.dumps(resumable(self.config)))}
-        path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer, training_state)
-        if best:
-            mark_best(self.run_dir, path, s.best_val)
-        removed = prune_checkpoints(self.run_dir, self.config.checkpoints.keep)
+        try:
+            path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer,
+                                   training_state, dropout=self.config.dropout)
+            if best:
+                mark_best(self.run_dir, path, s.best_val)
+            removed = prune_checkpoints(self.run_dir, self.config.checkpoints.keep)
+        except OSError as error:
+            log.error("checkpoint_failed", step=s.step, run_dir=str(self.run_dir), error=str(error),
+                      action="stop" if required else "retry at the next interval")
+            if required:
+                raise OperationalError(f"the checkpoint of step {s.step} cannot be written in {self.run_dir} "
+                                       f"({error.strerror or error}); free space or fix the directory, then resume "
+                                       "from the last checkpoint written") from None
+            return None
         log.info("checkpoint_saved", path=str(path), step=s.step, best=best, removed=[p.name for p in removed])
         self.hooks.fire(Hook.CHECKPOINT, step=s.step, path=str(path), best=best)
         return path

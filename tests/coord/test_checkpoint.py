@@ -10,7 +10,7 @@ import pytest
 from cllm.coord.checkpoints.store import (list_checkpoints, load_checkpoint, load_training_state, mark_best,
                                    prune_checkpoints, save_checkpoint)
 from cllm.coord.errors import UserError
-from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer
+from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer, load_tokenizer
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward, init_params
 
 from .runs import SHAKESPEARE, TINY_MODEL, cllm, small_corpus
@@ -27,7 +27,7 @@ def trained_params(cfg, seed=0):
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(26)] + list(" .,;:!?'\n-ABCD"))
+    tokenizer = CharTokenizer([chr(ord("a") + i) for i in range(26)] + list(" .,;:!?'\n-ABC"))
     assert tokenizer.vocab_size == CFG.vocab_size
     path = save_checkpoint(tmp_path / "run", 7, CFG, trained_params(CFG), tokenizer, STATE)
     return path
@@ -53,10 +53,9 @@ def test_a_checkpoint_round_trips(checkpoint):
     (lambda p: (p / "config.json").write_text(json.dumps({**json.loads((p / "config.json").read_text()),
                                                           "n_layer": 3})),
      "has no tensor transformer.h.2"),
-    (lambda p: (p / "vocab.json").write_text(json.dumps({"kind": "char", "chars": list("abc")})),
-     "belongs to another model"),
-    (lambda p: (p / "vocab.json").write_text("garbage"), "vocab.json is not a CLLM character vocabulary"),
-    (lambda p: (p / "vocab.json").unlink(), "has no tokenizer"),
+    (lambda p: CharTokenizer(list("abc")).save(p), "belongs to another model"),
+    (lambda p: (p / "tokenizer.json").write_text("garbage"), "tokenizer.json is not a tokenizer"),
+    (lambda p: (p / "tokenizer.json").unlink(), "has no tokenizer"),
 ])
 def test_damaged_checkpoints_are_refused_naming_the_file(checkpoint, damage, message):
     damage(checkpoint)
@@ -79,7 +78,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(checkpoint, monkeyp
     def broken_save(directory):
         raise OSError("disk full")
 
-    tokenizer = CharTokenizer.load(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
     monkeypatch.setattr(tokenizer, "save", broken_save)
     with pytest.raises(OSError):
         save_checkpoint(run, 8, CFG, trained_params(CFG, seed=9), tokenizer, STATE)
@@ -90,7 +89,7 @@ def test_a_failed_write_leaves_the_previous_checkpoint_whole(checkpoint, monkeyp
 
 def test_pruning_keeps_the_newest_and_the_best(tmp_path, checkpoint):
     run = checkpoint.parent
-    tokenizer = CharTokenizer.load(checkpoint)
+    tokenizer = load_tokenizer(checkpoint)
     paths = [save_checkpoint(run, step, CFG, trained_params(CFG), tokenizer, STATE) for step in (10, 20, 30, 40)]
     mark_best(run, paths[0], 1.5)
     leftovers = run / ".checkpoint-00000050.tmp-99999-dead"  # a crashed writer's, an hour old

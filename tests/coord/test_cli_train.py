@@ -43,7 +43,8 @@ def test_train_learns_logs_json_and_writes_a_checkpoint(tmp_path, small_corpus):
     saved = next(e for e in log if e["event"] == "checkpoint_saved")
     checkpoint = Path(saved["path"])
     assert checkpoint.parent == run
-    assert {"model.safetensors", "config.json", "vocab.json"} <= {p.name for p in checkpoint.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+            "generation_config.json"} <= {p.name for p in checkpoint.iterdir()}
     assert not [p for p in run.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
@@ -51,7 +52,7 @@ def test_train_learns_logs_json_and_writes_a_checkpoint(tmp_path, small_corpus):
     (["{missing}"], "does not exist"),
     (["{empty}"], "empty"),
     (["{small}", "--seq-len", "100000"], "--seq-len"),
-    (["{small}", "--seq-len", "4096", "--batch-size", "64"], "GiB of memory"),
+    (["{small}", "--seq-len", "4096", "--batch-size", "1024"], "GiB of memory"),
     (["{small}", "--embed-dim", "30", "--num-heads", "4"], "not divisible by --num-heads"),
     (["{small}", "--batch-size", "0"], "--batch-size: 0 must be a positive integer"),
     (["{small}", "--embed-dim", "-8"], "--embed-dim: -8 must be a positive integer"),
@@ -59,7 +60,7 @@ def test_train_learns_logs_json_and_writes_a_checkpoint(tmp_path, small_corpus):
     (["{small}", "--beta2", "1"], "--beta2: 1 must be a number in [0, 1)"),
     (["{small}", "--threads", "1100"], "--threads: 1100 must be an integer from 0 to 1024"),
     (["{small}", "--tokenizer", "word"], "invalid choice"),
-    (["{small}", "--learning-rate", "nan"], "nan must be a finite number > 0"),
+    (["{small}", "--learning-rate", "nan"], "nan must be a finite number >= 0"),
     (["{small}", "--steps", "3", "--epochs", "2"], "not allowed with"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, small_corpus, args, message):

@@ -13,7 +13,7 @@ from cllm.coord.data import corpus as corpus_module, dataset as dataset_module
 from cllm.coord.data.corpus import iter_documents
 from cllm.coord.data.dataset import prepare_dataset, text_chunks
 from cllm.coord.errors import UserError
-from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer, load_tokenizer
+from cllm.coord.data.tokenizer import EOS, BpeTokenizer, CharTokenizer, load_tokenizer
 
 from .runs import SHAKESPEARE, texts
 
@@ -26,19 +26,27 @@ def bpe():
 
 
 def test_char_round_trip_and_unknown_characters():
-    tok = CharTokenizer.train([UNICODE])
+    tok = CharTokenizer.train([UNICODE + EOS])
+    assert tok.vocab_size == len(set(UNICODE)) + 1 and tok.eos_id == tok.vocab_size - 1  # end-of-text comes last
     assert tok.decode(tok.encode(UNICODE)) == UNICODE
+    ids = tok.encode(f"{EOS}ab{EOS}{EOS}c")
+    assert ids.tolist() == [tok.eos_id, *tok.encode("ab"), tok.eos_id, tok.eos_id, *tok.encode("c")]
+    assert tok.decode(ids) == f"{EOS}ab{EOS}{EOS}c"
     with pytest.raises(UserError, match="'Z' is not in this model's vocabulary"):
         tok.encode("Zebra")
 
 
-def test_char_vocabulary_saves_and_loads(tmp_path):
+def test_char_vocabulary_saves_as_a_tokenizers_file_and_loads(tmp_path):
     tok = CharTokenizer.train([UNICODE])
     tok.save(tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["tokenizer.json"]
     again = load_tokenizer(tmp_path)
-    assert again.chars == tok.chars and again.fingerprint() == tok.fingerprint()
-    (tmp_path / "vocab.json").write_text(json.dumps({"kind": "char", "chars": ["ab"]}))
-    with pytest.raises(UserError, match="vocab.json is not a CLLM character vocabulary"):
+    assert again.kind == "char" and again.chars == tok.chars and again.fingerprint() == tok.fingerprint()
+    text = UNICODE + EOS + UNICODE[:9]
+    assert Tokenizer.from_file(str(tmp_path / "tokenizer.json")).encode(text).ids == tok.encode(text).tolist()
+    without_eos = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).to_str().replace(EOS, "<|other|>")
+    (tmp_path / "tokenizer.json").write_text(without_eos)
+    with pytest.raises(UserError, match=r"tokenizer.json has no <\|endoftext\|> token"):
         load_tokenizer(tmp_path)
 
 
@@ -97,6 +105,16 @@ def test_a_directory_is_walked_once_in_order_skipping_binary_and_undecodable_fil
     assert skipped == {"blob.bin": "binary", "latin1.txt": "not utf-8"}
 
 
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_documents_are_separated_by_the_end_of_text_token(tmp_path, kind):
+    make_tree(tmp_path / "tree")
+    data = prepare_dataset(tmp_path / "tree", kind, 300, tmp_path / "cache", val_fraction=0.0)
+    tokenizer = data.tokenizer
+    assert np.count_nonzero(np.asarray(data.tokens) == tokenizer.eos_id) == 2
+    assert tokenizer.decode(data.tokens) == f"first file{EOS}second file{EOS}third file"
+    assert not any("endoftext" in token for token in tokenizer.library_tokenizer().get_vocab() if token != EOS)
+
+
 def test_include_and_exclude_globs(tmp_path):
     make_tree(tmp_path)
     assert texts(tmp_path, include=("*.txt",)) == ["first file", "third file"]
@@ -144,7 +162,7 @@ def test_the_token_cache_is_reused_and_keyed_by_content(tmp_path, monkeypatch):
         second = prepare_dataset(corpus, "char", 0, tmp_path / "cache")
     assert not trained and any(e["event"] == "dataset_cached" for e in logs)
     assert np.array_equal(first.tokens, second.tokens)
-    assert {p.name for p in first.entry.iterdir()} == {"tokens.bin", "meta.json", "vocab.json"}
+    assert {p.name for p in first.entry.iterdir()} == {"tokens.bin", "meta.json", "tokenizer.json"}
     assert not list((tmp_path / "cache").glob(".staging-*"))
     monkeypatch.undo()
     corpus.write_text(SHAKESPEARE.read_text()[:30_001])

@@ -49,7 +49,7 @@ def test_token_ids_beyond_the_vocabulary_in_a_damaged_cache_are_found_and_the_en
     lambda entry: os.truncate(entry / "tokens.bin", 1001),
     lambda entry: (entry / "meta.json").write_text('{"n_tokens": "many"}'),
     lambda entry: (entry / "meta.json").write_text("[" * 100_000),
-    lambda entry: (entry / "vocab.json").unlink(),
+    lambda entry: (entry / "tokenizer.json").unlink(),
 ], ids=["truncated", "bad-meta", "deep-meta", "no-vocabulary"])
 def test_a_truncated_or_damaged_cache_entry_is_rebuilt(corpus, tmp_path, damage):
     first = prepare_dataset(corpus, "char", 0, tmp_path / "cache")

@@ -126,11 +126,11 @@ def failing_worker(monkeypatch, bad_worker, times):
     original = WorkerKernels.train
     calls = {"n": 0}
 
-    def train(self, weights, tokens, targets, dloss):
+    def train(self, weights, tokens, targets, dloss, drop=None):
         if self.index == bad_worker and calls["n"] < times:
             calls["n"] += 1
             raise FloatingPointError("injected failure")
-        return original(self, weights, tokens, targets, dloss)
+        return original(self, weights, tokens, targets, dloss, drop)
 
     monkeypatch.setattr(WorkerKernels, "train", train)
     return calls

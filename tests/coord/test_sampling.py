@@ -1,8 +1,10 @@
-"""Sampling: temperature, top-k and top-p behave as defined; generation is reproducible."""
+"""Sampling: temperature, top-k and top-p behave as defined; generation is reproducible; text ends
+at the end-of-text token or a stop string."""
 
 import numpy as np
 
-from cllm.coord.inference.sampling import SamplingConfig, choose, generate_ids
+from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer
+from cllm.coord.inference.sampling import SamplingConfig, choose, generate_ids, stream_text
 from cllm.kernels.inference import KVCache
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 
@@ -50,3 +52,30 @@ def test_generation_is_reproducible_and_runs_past_the_context():
     assert all(0 <= t < 20 for t in first)
     assert first != list(generate_ids(w, KVCache(cfg), prompt, SamplingConfig(max_new_tokens=30, temperature=1.0,
                                                                                seed=6)))
+
+
+def streamed(text_ids, tokenizer, stop=()):
+    return list(stream_text(iter(text_ids), tokenizer, stop))
+
+
+def test_text_ends_at_the_end_of_text_token():
+    tokenizer = CharTokenizer.train(["abcdef \n"])
+    ids = [*tokenizer.encode("abc de"), tokenizer.eos_id, *tokenizer.encode("fff")]
+    assert "".join(streamed(ids, tokenizer)) == "abc de"
+
+
+def test_text_ends_before_the_first_stop_string_and_never_prints_part_of_it():
+    tokenizer = CharTokenizer.train(["ROMEO:JULIET \n.,"])
+    ids = tokenizer.encode("ROMEO: I JUL.\nJULIET: O ROMEO")
+    pieces = streamed(ids, tokenizer, stop=("\nJULIET:", "\n\n"))
+    assert "".join(pieces) == "ROMEO: I JUL."
+    assert not any("\n" in piece for piece in pieces)  # "\n" was held back while it could begin "\nJULIET:"
+    assert "".join(streamed(ids, tokenizer, stop=("TYBALT",))) == "ROMEO: I JUL.\nJULIET: O ROMEO"
+    assert "".join(streamed(ids, tokenizer, stop=("ROMEO",))) == ""
+
+
+def test_bpe_text_waits_for_whole_characters():
+    tokenizer = BpeTokenizer.train(["plain ascii text only"], 300)
+    ids = tokenizer.encode("é🚀 ok")
+    pieces = streamed(ids, tokenizer, stop=("k",))
+    assert "".join(pieces) == "é🚀 o" and not any("\ufffd" in p for p in pieces)

@@ -5,10 +5,11 @@ import math
 import numpy as np
 import pytest
 
-from cllm.kernels.attention import attention_backward, attention_forward
-from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward
+from cllm.kernels.blas import gemm
+from cllm.kernels.crossentropy import (CHUNK_ROWS, crossentropy_forward, crossentropy_forward_backward, head_loss,
+                                        head_loss_backward)
 from cllm.kernels.encoder import encoder_backward, encoder_forward
-from cllm.kernels.gelu import gelu_backward, gelu_forward
+from cllm.kernels.gelu import gelu_backward, gelu_exact_backward, gelu_exact_forward, gelu_forward
 from cllm.kernels.layernorm import layernorm_backward, layernorm_forward
 from cllm.kernels.linear import linear_backward, linear_forward, linear_residual_forward
 
@@ -91,46 +92,25 @@ def test_gelu_backward_matches_finite_differences(rng):
     f()
     expected = 0.5 * inp * (1 + np.tanh(math.sqrt(2 / math.pi) * (inp + 0.044715 * inp**3)))
     np.testing.assert_allclose(out, expected, rtol=1e-9, atol=1e-12)
-    dinp = np.zeros(50)
-    gelu_backward(dinp, inp, dout)
+    dinp = dout.copy()
+    gelu_backward(dinp, inp)  # in place
     assert_grad_close(dinp, numerical_grad(f, inp)[1])
 
 
-def test_attention_forward_is_causal_softmax_attention(rng):
-    B, T, H, hs = 2, 5, 3, 4
-    C = H * hs
-    qkv = rng.normal(size=(B, T, 3 * C))
-    q, k, v, y = (np.zeros((B, H, T, hs)) for _ in range(4))
-    att, out = np.zeros((B, H, T, T)), np.zeros((B, T, C))
-    attention_forward(out, q, k, v, att, y, qkv)
-    # a direct reference: per head, masked softmax of q.k / sqrt(hs), times v
-    Q, K, Vv = (qkv[:, :, i * C:(i + 1) * C].reshape(B, T, H, hs).transpose(0, 2, 1, 3) for i in range(3))
-    scores = Q @ K.transpose(0, 1, 3, 2) / math.sqrt(hs)
-    scores = np.where(np.tril(np.ones((T, T), bool)), scores, -np.inf)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    ref = (probs @ Vv).transpose(0, 2, 1, 3).reshape(B, T, C)
-    np.testing.assert_allclose(out, ref, rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(att, probs, rtol=1e-10, atol=1e-12)
-
-
-def test_attention_backward_matches_finite_differences(rng):
-    B, T, H, hs = 2, 4, 2, 3
-    C = H * hs
-    qkv = rng.normal(size=(B, T, 3 * C))
-    q, k, v, y = (np.zeros((B, H, T, hs)) for _ in range(4))
-    att, out = np.zeros((B, H, T, T)), np.zeros((B, T, C))
-    dout = rng.normal(size=(B, T, C))
+def test_exact_gelu_backward_matches_finite_differences(rng):
+    inp = rng.normal(scale=2.0, size=50)
+    out, dout = np.zeros(50), rng.normal(size=50)
 
     def f():
-        attention_forward(out, q, k, v, att, y, qkv)
+        gelu_exact_forward(out, inp)
         return float(np.sum(out * dout))
 
     f()
-    dqkv = np.full((B, T, 3 * C), 9.0)  # overwritten
-    scratch = [np.zeros((B, H, T, hs)) for _ in range(4)]
-    attention_backward(dqkv, dout, q, k, v, att, *scratch, np.zeros((B, H, T, T)))
-    assert_grad_close(dqkv.reshape(-1), numerical_grad(f, qkv)[1])
+    expected = np.array([0.5 * x * (1 + math.erf(x / math.sqrt(2))) for x in inp])
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-15)
+    dinp = dout.copy()
+    gelu_exact_backward(dinp, inp)  # in place
+    assert_grad_close(dinp, numerical_grad(f, inp)[1])
 
 
 def test_crossentropy_backward_matches_finite_differences(rng):
@@ -156,3 +136,34 @@ def test_crossentropy_is_finite_for_extreme_logits():
 def test_crossentropy_reports_a_non_finite_loss():
     logits = np.array([[np.nan, 0.0, 1.0]], dtype=np.float32)
     assert not np.isfinite(crossentropy_forward(logits, np.array([2], dtype=np.int32)))
+
+
+def test_fused_head_and_loss_over_several_chunks_equal_the_whole_formula(rng):
+    N, C, V = 2 * CHUNK_ROWS + 7, 5, 13  # two full chunks and a partial one
+    x, head = rng.normal(size=(N, C)), rng.normal(size=(V, C))
+    targets = rng.integers(0, V, size=N).astype(np.int32)
+    logits = x @ head.T
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    dlogits = 0.5 * (np.exp(logp) - np.eye(V)[targets])
+    chunk = np.zeros((CHUNK_ROWS, V))
+    dx, dhead = np.full((N, C), np.nan), np.full((V, C), np.nan)  # both overwritten
+    loss = head_loss_backward(x, head, targets, 0.5, dx, dhead, chunk)
+    assert loss == pytest.approx(-logp[np.arange(N), targets].sum(), rel=1e-12)
+    assert head_loss(x, head, targets, chunk) == pytest.approx(loss, rel=1e-12)
+    np.testing.assert_allclose(dx, dlogits @ head, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dhead, dlogits.T @ x, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gemm_takes_transposed_and_strided_operands_and_adds(rng, dtype):
+    a = rng.normal(size=(9, 12)).astype(dtype)
+    b = rng.normal(size=(7, 5)).astype(dtype)
+    out = rng.normal(size=(4, 11)).astype(dtype)
+    before = out.copy()
+    view = out[:, 2:7]  # rows of stride 11
+    gemm(view, a[:4, 3:10], b, True)  # a strided view
+    np.testing.assert_allclose(view, before[:, 2:7] + a[:4, 3:10] @ b, rtol=1e-5)
+    gemm(view, a[2:9, :4].T, b, False)  # a transposed view
+    np.testing.assert_allclose(view, a[2:9, :4].T @ b, rtol=1e-5)
+    np.testing.assert_array_equal(out[:, :2], before[:, :2])

@@ -5,11 +5,24 @@ import threading
 import numpy as np
 import pytest
 
+from dataclasses import replace
+
+from cllm.kernels.crossentropy import crossentropy_forward
+from cllm.kernels.dropout import Dropout, step_key
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward, forward_backward, init_params, loss_sum
 
 from .gradcheck import assert_grad_close, numerical_grad
 
 TINY = GPTConfig(vocab_size=11, block_size=6, n_layer=2, n_head=2, n_embd=8)
+# the members of the GPT-2 family the model computes, each with its own gradient check
+FAMILY = {
+    "gpt2": TINY,
+    "untied head": replace(TINY, tied_head=False),
+    "n_inner": replace(TINY, n_inner=12),
+    "exact gelu": replace(TINY, activation="gelu"),
+    "eps and scaled attention": replace(TINY, ln_eps=1e-3, scale_attn_by_inverse_layer_idx=True,
+                                        scale_attn_weights=False),
+}
 
 
 def batch(cfg, B, T, seed):
@@ -19,13 +32,14 @@ def batch(cfg, B, T, seed):
     return tokens, targets
 
 
-def test_whole_model_gradient_matches_finite_differences():
-    layout = ParamLayout(TINY)
-    params = init_params(TINY, seed=3, dtype=np.float64)
+@pytest.mark.parametrize("cfg", FAMILY.values(), ids=FAMILY.keys())
+def test_whole_model_gradient_matches_finite_differences(cfg):
+    layout = ParamLayout(cfg)
+    params = init_params(cfg, seed=3, dtype=np.float64)
     # larger weights than GPT-2's init so that every path carries signal
     params += np.random.default_rng(4).normal(scale=0.3, size=params.shape)
-    tokens, targets = batch(TINY, B=2, T=5, seed=5)
-    acts = Activations(TINY, 2, 5, dtype=np.float64)
+    tokens, targets = batch(cfg, B=2, T=5, seed=5)
+    acts = Activations(cfg, 2, 5, dtype=np.float64)
     w = layout.tensors(params)
     grad = np.full(layout.size, np.nan)  # every element must be written
     n = tokens.size
@@ -35,6 +49,38 @@ def test_whole_model_gradient_matches_finite_differences():
     assert_grad_close(grad[idx], numeric, rtol=1e-4, atol=1e-8)
     # the unused position rows (T=5 of block_size 6) get exactly zero
     assert np.all(layout.views(grad)["wpe.weight"][5:] == 0.0)
+
+
+def test_gradient_with_dropout_matches_finite_differences_of_the_same_mask():
+    cfg = FAMILY["untied head"]
+    layout = ParamLayout(cfg)
+    params = init_params(cfg, seed=3, dtype=np.float64)
+    params += np.random.default_rng(4).normal(scale=0.3, size=params.shape)
+    tokens, targets = batch(cfg, B=2, T=5, seed=5)
+    acts = Activations(cfg, 2, 5, dtype=np.float64)
+    w = layout.tensors(params)
+    drop = Dropout(p=0.3, key=step_key(seed=1, step=7), first_row=4)
+    grad = np.full(layout.size, np.nan)
+    n = tokens.size
+    with_dropout = forward_backward(w, layout.tensors(grad), acts, tokens, targets, 1.0 / n, drop)
+    assert with_dropout != pytest.approx(loss_sum(w, acts, tokens, targets), rel=1e-3)  # the mask does something
+
+    def dropped_loss():
+        return float(crossentropy_forward(forward(w, acts, tokens, drop), targets.reshape(-1))) / n
+
+    assert dropped_loss() == pytest.approx(with_dropout / n, rel=1e-12)
+    idx, numeric = numerical_grad(dropped_loss, params, n_probe=400)
+    assert_grad_close(grad[idx], numeric, rtol=1e-4, atol=1e-8)
+
+
+def test_an_untied_head_is_its_own_matrix_after_the_blocks():
+    layout = ParamLayout(FAMILY["untied head"])
+    assert list(layout.shapes)[-1] == "lm_head.weight" and layout.shapes["lm_head.weight"] == (11, 8)
+    assert layout.size == ParamLayout(TINY).size + 11 * 8
+    params = init_params(FAMILY["untied head"], seed=0)
+    w = layout.tensors(params)
+    assert w.head is w.lm_head and not np.shares_memory(w.head, w.wte)
+    assert ParamLayout(TINY).tensors(init_params(TINY, seed=0)).lm_head is None
 
 
 def test_forward_backward_returns_the_summed_cross_entropy():

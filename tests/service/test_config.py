@@ -50,7 +50,8 @@ def test_defaults(tmp_path):
     assert c.service.state_dir == tmp_path / "cllm-state"
     assert c.service.socket == tmp_path / "cllm-state" / "control.sock"
     assert c.run.data.cache_dir == tmp_path / "cllm-state" / "cache"
-    assert dataclasses.asdict(c.run.model) == {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64}
+    assert dataclasses.asdict(c.run.model) == {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64,
+                                               "init_from": None}
     t = values_of(c.run)
     assert {k: t[k] for k in ("steps", "threads", "optimizer", "learning_rate", "lr_schedule", "decay_steps")} == \
         {"steps": 1000, "threads": 0, "optimizer": "adamw", "learning_rate": 1e-3, "lr_schedule": "constant",
@@ -68,7 +69,7 @@ BAD_VALUES = [
     ("model", "seq_len", "1.5"), ("model", "embed_dim", '"128"'), ("training", "threads", "1025"),
     ("training", "batch_size", "0"), ("training", "grad_accum", "-1"), ("training", "steps", "0"),
     ("training", "steps", "1e3"), ("training", "threads", "-1"), ("training", "seed", "-1"),
-    ("training", "optimizer", '"lion"'), ("training", "learning_rate", "0"), ("training", "learning_rate", "-1e-3"),
+    ("training", "optimizer", '"lion"'), ("training", "learning_rate", "-1e-3"),
     ("training", "learning_rate", "inf"), ("training", "learning_rate", "nan"), ("training", "learning_rate", '"1e-3"'),
     ("training", "learning_rate", "true"), ("training", "beta1", "1.0"), ("training", "beta1", "-0.1"),
     ("training", "beta2", "1"), ("training", "eps", "0"), ("training", "weight_decay", "-0.1"),
@@ -220,7 +221,7 @@ def test_run_settings_are_those_of_the_command_line(tmp_path):
 
 
 def test_a_job_overrides_data_model_and_training_checked_like_the_file(tmp_path):
-    config = load_config(write(tmp_path, "[training]\nsteps = 300\n"), {})
+    config = load_config(write(tmp_path, '[training]\nsteps = 300\n[service]\ndata_roots = ["."]\n'), {})
     job = merge_job(config, {"training": {"steps": 30, "learning_rate": 1}, "data": {"path": "more.txt"}})
     assert (job.run.steps, job.run.schedule.lr) == (30, 1.0)
     assert job.run.data.path == tmp_path / "more.txt" and job.service == config.service

@@ -1,0 +1,74 @@
+"""``gemm``: out (+)= a @ b through the BLAS numpy itself loaded, with beta = 1 when adding.
+
+numpy's ``matmul`` can only overwrite its output; the fused cross-entropy adds each chunk
+of rows into the head's gradient, which is what BLAS's beta argument is for. The library is
+the one threadpoolctl finds for numpy (so the coordinator's one-thread-per-worker limit
+applies to it), called through ctypes, which releases the GIL for the call. On a numpy
+whose BLAS exports no CBLAS ``gemm`` the product goes through ``np.matmul`` and a sum.
+"""
+
+import ctypes
+
+import numpy as np
+from threadpoolctl import threadpool_info
+
+ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
+# (prefix, suffix, integer type) of the CBLAS names in the builds numpy ships with
+NAMINGS = (("scipy_", "64_", ctypes.c_int64), ("", "64_", ctypes.c_int64), ("scipy_", "", ctypes.c_int),
+           ("", "", ctypes.c_int))
+
+
+def find_cblas() -> dict:
+    """dtype -> the CBLAS gemm function of numpy's BLAS, or {} when there is none."""
+    for info in threadpool_info():
+        if info.get("user_api") != "blas":
+            continue
+        lib = ctypes.CDLL(info["filepath"])
+        for prefix, suffix, integer in NAMINGS:
+            found = {}
+            for dtype, letter, real in ((np.float32, "s", ctypes.c_float), (np.float64, "d", ctypes.c_double)):
+                fn = getattr(lib, f"{prefix}cblas_{letter}gemm{suffix}", None)
+                if fn is None:
+                    break
+                fn.restype = None
+                fn.argtypes = [ctypes.c_int] * 3 + [integer] * 3 + [real, ctypes.c_void_p, integer,
+                                                                    ctypes.c_void_p, integer, real,
+                                                                    ctypes.c_void_p, integer]
+                found[np.dtype(dtype)] = fn
+            else:
+                return found
+    return {}
+
+
+CBLAS = find_cblas()
+
+
+def operand(x: np.ndarray) -> tuple:
+    """(transpose flag, leading dimension, array) of a matrix with one unit stride."""
+    item = x.itemsize
+    if x.strides[1] == item and x.strides[0] >= max(1, x.shape[1]) * item:
+        return NO_TRANS, x.strides[0] // item, x
+    if x.strides[0] == item and x.strides[1] >= max(1, x.shape[0]) * item:
+        return TRANS, x.strides[1] // item, x
+    x = np.ascontiguousarray(x)
+    return NO_TRANS, max(1, x.shape[1]), x
+
+
+def gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
+    """out (M,N) = a (M,K) @ b (K,N), or += with ``accumulate``; a and b may be transposed views,
+    out has rows of unit stride."""
+    fn = CBLAS.get(out.dtype)
+    if fn is None or a.dtype != out.dtype or b.dtype != out.dtype or out.strides[1] != out.itemsize:
+        if accumulate:
+            out += a @ b
+        else:
+            np.matmul(a, b, out=out)
+        return
+    M, N = out.shape
+    K = a.shape[1]
+    if M == 0 or N == 0:
+        return
+    ta, lda, a = operand(a)
+    tb, ldb, b = operand(b)
+    fn(ROW_MAJOR, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 1.0 if accumulate else 0.0,
+       out.ctypes.data, max(1, out.strides[0] // out.itemsize))
