@@ -50,6 +50,7 @@ COMPUTED = set(SIZES) | set(FLAGS) | {"n_inner", "activation_function", "layer_n
 # the causal-mask buffers older transformers saved beside the weights
 MASK_BUFFER = re.compile(r"^h\.\d+\.attn\.(bias|masked_bias)$")
 READABLE_DTYPES = ("F32", "F16")
+MAX_SIZE = 2**24  # bounds each size in config.json, so that products of sizes stay exact in int64
 
 
 def read_config(directory: Path) -> GPTConfig:
@@ -80,9 +81,11 @@ def read_config(directory: Path) -> GPTConfig:
             raise UserError(f"{file} lacks {key}; it is not a GPT-2 config")
         if not is_positive_int(raw[key]):
             refuse(key, "is not a positive whole number")
+        if raw[key] > MAX_SIZE:
+            refuse(key, f"is larger than any model CLLM can hold (at most {MAX_SIZE})")
     if raw["n_embd"] % raw["n_head"]:
         refuse("n_embd", f"is not divisible by n_head = {raw['n_head']}")
-    if raw.get("n_inner") is not None and not is_positive_int(raw["n_inner"]):
+    if raw.get("n_inner") is not None and not (is_positive_int(raw["n_inner"]) and raw["n_inner"] <= MAX_SIZE):
         refuse("n_inner", "is not a positive whole number or null")
     activation = raw.get("activation_function", "gelu_new")
     if activation not in ACTIVATIONS:
@@ -155,6 +158,26 @@ def hf_tensors(cfg: GPTConfig, params: np.ndarray) -> dict:
     return {hf_name(name): np.ascontiguousarray(view) for name, view in ParamLayout(cfg).views(params).items()}
 
 
+def fitting_layout(directory: Path, cfg: GPTConfig) -> ParamLayout:
+    """The layout of ``cfg``, refused before anything is allocated when the weight files are too small to
+    hold it (a damaged or hostile config.json must not ask for terabytes)."""
+    files = weight_files(directory)
+    try:
+        held = sum(file.stat().st_size for file in files)
+    except OSError as error:
+        raise UserError(f"{error.filename} cannot be read ({error.strerror}); the model directory is incomplete") \
+            from None
+    if cfg.n_layer > held // 64:  # a block is a dozen tensors of a few bytes at the very least
+        raise UserError(f"{directory}: config.json says n_layer = {cfg.n_layer}, more than {sum(1 for _ in files)} "
+                        f"weight file(s) of {held} bytes hold; the config belongs to another model")
+    layout = ParamLayout(cfg)
+    if layout.size > 2 * held:  # far more than float16 weights of that size can hold: allocate nothing
+        raise UserError(f"{directory}: {', '.join(f.name for f in files)} hold {held} bytes, far too few for the "
+                        f"{layout.size} parameters config.json implies; a weight file is truncated or the config "
+                        "belongs to another model")
+    return layout
+
+
 def weight_files(directory: Path) -> list:
     """The safetensors files holding a model's weights: one, or the shards an index names."""
     directory = Path(directory)
@@ -175,7 +198,7 @@ def weight_files(directory: Path) -> list:
 
 def read_weights(directory: Path, cfg: GPTConfig) -> np.ndarray:
     """The flat float32 parameters of ``cfg`` from the directory's safetensors (float32 or float16)."""
-    layout = ParamLayout(cfg)
+    layout = fitting_layout(directory, cfg)
     params = np.empty(layout.size, dtype=np.float32)
     views = layout.views(params)
     found = set()

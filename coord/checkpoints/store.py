@@ -18,9 +18,12 @@ that loads, with one warning naming those it passed over.
 
 import errno
 import json
+import lzma
 import os
 import re
+import struct
 import zipfile
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -44,6 +47,10 @@ MARKER = "checkpoint_complete.json"
 RUN_FILE = "run.json"  # the id of the run a run directory belongs to (checkpoints/run_dir.py)
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d{8})$")
 SCRATCH = ".checkpoint-*.tmp-*"
+# what numpy's and zipfile's readers raise on a damaged archive (an encrypted or unknown-compression
+# entry is a RuntimeError or NotImplementedError there)
+ARCHIVE_ERRORS = (OSError, ValueError, EOFError, KeyError, RuntimeError, NotImplementedError, zipfile.BadZipFile,
+                  zlib.error, lzma.LZMAError, struct.error)
 
 
 class Checkpoint(NamedTuple):
@@ -169,18 +176,24 @@ def load_training_state(path: Path) -> TrainingState:
             state = {key: data[key] for key in data.files}
     except FileNotFoundError:
         raise UserError(f"{file} is missing; this checkpoint holds weights only and cannot be resumed") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise UserError(f"{file} cannot be read ({error}); the checkpoint is damaged") from None
+    except ARCHIVE_ERRORS as error:
+        raise UserError(f"{file} cannot be read ({error or type(error).__name__}); the checkpoint is damaged") from None
     missing = {"optimizer_state", "optimizer_step", "run_state", "settings"} - set(state)
     if missing:
         raise UserError(f"{file} lacks {', '.join(sorted(missing))}; the checkpoint is damaged")
     try:
-        state["settings"] = json.loads(str(state["settings"]))
-        if not isinstance(state["settings"], dict):
-            raise ValueError("not an object")
-    except ValueError as error:
-        raise UserError(f"{file}: its run settings cannot be read ({error}); the checkpoint is damaged") from None
-    return TrainingState(state["optimizer_state"], int(state["optimizer_step"]), state["run_state"], state["settings"])
+        settings = json.loads(str(state["settings"]))
+        if not isinstance(settings, dict):
+            raise ValueError("the settings are not an object")
+        run_state = state["run_state"]
+        if run_state.shape != (5,) or not np.issubdtype(run_state.dtype, np.number):
+            raise ValueError(f"run_state has shape {run_state.shape} of {run_state.dtype}, not 5 numbers")
+        step = state["optimizer_step"]
+        if step.shape != () or not np.issubdtype(step.dtype, np.integer):
+            raise ValueError("optimizer_step is not a whole number")
+    except (ValueError, RecursionError) as error:
+        raise UserError(f"{file}: {error}; the checkpoint is damaged") from None
+    return TrainingState(state["optimizer_state"], int(step), run_state.astype(np.float64), settings)
 
 
 def list_checkpoints(run_dir: Path) -> list:

@@ -23,11 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> int:
+    """The ``cllm`` program: ``main``, then an exit that does not wait for a pool thread stuck in a kernel."""
+    return leave(main())
+
+
 def main(argv=None) -> int:
-    return leave(command(argv))
-
-
-def command(argv) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)

@@ -129,6 +129,7 @@ def run(args) -> int:
     if args.resume is not None and args.init_from is not None:
         raise UserError("--init-from starts a new run from a model and --resume continues a run; give one of them")
     if args.resume is not None:
+        configure(args.log_format, args.log_level)  # passing over a damaged checkpoint is logged as the run's events
         resumed = load_checkpoint(args.resume)
         saved = load_training_state(resumed.path)
     config = config_from(args, resumed, saved)

@@ -3,8 +3,9 @@
 Rank 0 takes the control requests (pause, resume, checkpoint, stats, a worker count) and writes
 them; every other rank writes zeros, so the sum is rank 0's decision. A stop is the exception:
 any rank may ask for one (a signal can reach the ranks at different moments), and a sum above
-zero stops them all at the same boundary. In a training step the words travel with the step's
-loss and token sums right behind the gradient; between steps they travel alone.
+zero stops them all at the same boundary. The words are agreed at the boundary where rank 0
+took the requests (one small collective, microseconds, against a step of seconds), so every
+rank acts on them there, not a step later.
 """
 
 from dataclasses import dataclass, fields

@@ -10,6 +10,7 @@ process exits badly.
 """
 
 import asyncio
+import atexit
 import hashlib
 import os
 import socket
@@ -88,6 +89,7 @@ class Ranks:
         """Start the heartbeats, and log where every rank runs (the launcher names a dead rank by its pid)."""
         self.beating = threading.Thread(target=self.heartbeat, name="rank-heartbeat", daemon=True)
         self.beating.start()
+        atexit.register(self.stop_heartbeat)  # runs before mpi4py's MPI_Finalize, registered earlier
         where = self.run_sync("the ranks' hosts", self.comm.gather,
                               {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid()}, 0)
         if where is not None:
@@ -96,9 +98,14 @@ class Ranks:
     def close(self) -> None:
         """After the last collective of the run: every rank stops here together."""
         self.run_sync("the closing barrier", self.barrier)
-        self.stopping.set()
-        self.beating.join()
+        self.stop_heartbeat()
         self.thread.shutdown(wait=True)
+
+    def stop_heartbeat(self) -> None:
+        """Also at exit, whatever ended the run: no heartbeat may reach MPI after it is finalised."""
+        self.stopping.set()
+        if self.beating is not None:
+            self.beating.join()
 
     def heartbeat(self) -> None:
         """On a thread of its own, so that ranks are heard from outside the event loop too (start-up, data)."""
@@ -184,21 +191,17 @@ class Ranks:
         await self.allreduce(buffer, "the agreement on a step boundary")
         return words.read(buffer)
 
-    async def sum_step(self, grad: np.ndarray, bounds: list, loss_sum: float, tokens: int,
-                       decision: words.Decision, step: int) -> tuple:
+    async def sum_step(self, grad: np.ndarray, bounds: list, loss_sum: float, tokens: int, step: int) -> tuple:
         """A step's collectives: this rank's summed gradient ``grad`` (float32) summed over the ranks in
-        place, in the buckets ``bounds`` (see ``layer_buckets``), then, right behind it on the
-        communication thread, float64 words with the loss sum, the token count and the boundary's
-        decision (one latency more, and a loss summed in float64). Returns (loss_sum, tokens, decision)."""
-        sums = np.zeros(2 + words.WORDS, dtype=np.float64)
-        sums[0], sums[1] = loss_sum, tokens
-        words.write(sums[2:], decision, self.rank)
-        buckets = self.buckets(grad, bounds, f"the gradient allreduce of step {step}")
+        place, in the buckets ``bounds`` (see ``layer_buckets``), and right behind it on the communication
+        thread the step's loss sum and token count in float64. Returns the run's (loss_sum, tokens)."""
+        sums = np.array([loss_sum, tokens], dtype=np.float64)
+        what = f"the gradient allreduce of step {step}"
+        buckets = self.buckets(grad, bounds, what)
         for k in range(len(bounds)):
             buckets.ready(k)
-        await self.settle(buckets.issued + [self.submit(self.sum_in_place, sums)],
-                          f"the gradient allreduce of step {step}")
-        return float(sums[0]), int(round(sums[1])), words.read(sums[2:])
+        await self.settle(buckets.issued + [self.submit(self.sum_in_place, sums)], what)
+        return float(sums[0]), int(round(sums[1]))
 
     async def sum_scores(self, loss_sum: float, tokens: int) -> tuple:
         """An evaluation's (loss sum, tokens) over the ranks, in float64."""

@@ -135,7 +135,12 @@ class Trainer:
         return future
 
     def pause(self) -> asyncio.Future:
-        """Pause at the next step boundary; the future is answered once paused."""
+        """Pause at the next step boundary; the future is answered once paused (at once if it is)."""
+        if self.node.control.state is ControlState.PAUSED:
+            self.resumed.clear()  # stays paused, whatever resume was asked just before
+            paused = asyncio.get_running_loop().create_future()
+            paused.set_result({"paused": True, "step": self.state.step})
+            return paused
         if self.pause_wanted is None or self.pause_wanted.done():
             self.pause_wanted = asyncio.get_running_loop().create_future()
             self.resumed.clear()

@@ -164,3 +164,38 @@ def test_pruning_leaves_another_process_s_scratch_alone(tmp_path):
         assert live.exists() and not dead.exists()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("key, value", [("n_positions", 10**400), ("n_positions", 2**40), ("n_embd", 2**20),
+                                        ("n_layer", 10**6), ("vocab_size", 2**24), ("n_inner", 2**40)])
+def test_a_config_asking_for_more_than_its_weights_hold_is_refused_before_allocating(tmp_path, key, value):
+    path = save(tmp_path / "run", 1, keep=1)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, key: value}))
+    started = time.monotonic()
+    with pytest.raises(UserError, match=f"{key}|parameters"):
+        load_checkpoint(path)
+    assert time.monotonic() - started < 5  # no terabytes asked for, no million layers laid out
+
+
+def test_a_training_state_of_the_wrong_shape_is_refused(tmp_path):
+    path = save(tmp_path / "run", 1, keep=1)
+    np.savez(path / "training_state.npz", **{**STATE, "run_state": np.zeros(3), "optimizer_step": np.zeros(2)})
+    with pytest.raises(UserError, match="run_state has shape"):
+        load_training_state(path)
+    (path / "training_state.npz").write_bytes(b"")
+    with pytest.raises(UserError, match="cannot be read"):
+        load_training_state(path)
+
+
+@pytest.mark.parametrize("flag, compression", [(0x1, None), (0x0, 99)], ids=["encrypted", "unknown-compression"])
+def test_a_training_state_archive_with_odd_entries_is_refused(tmp_path, flag, compression):
+    path = save(tmp_path / "run", 1, keep=1)
+    data = bytearray((path / "training_state.npz").read_bytes())
+    at = data.index(b"PK\x01\x02")  # the central directory's first entry: its flags, then its method
+    data[at + 8:at + 10] = flag.to_bytes(2, "little")
+    if compression is not None:
+        data[at + 10:at + 12] = compression.to_bytes(2, "little")
+    (path / "training_state.npz").write_bytes(bytes(data))
+    with pytest.raises(UserError, match="cannot be read"):
+        load_training_state(path)

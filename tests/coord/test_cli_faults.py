@@ -2,6 +2,7 @@
 that cannot be used. One line and a non-zero status before any training, never a traceback."""
 
 import json
+import os
 import subprocess
 import time
 
@@ -117,3 +118,15 @@ def test_generate_into_a_pipe_closed_early_exits_quietly(trained):
     while reader.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert reader.returncode == 0 and b"Traceback" not in reader.stderr.read()
+
+
+def test_resume_passes_over_a_damaged_latest_checkpoint_with_one_warning(tmp_path):
+    corpus, run = small_corpus(tmp_path), tmp_path / "run"
+    assert train(corpus, run, "--checkpoint-interval", 2, steps=6).returncode == 0
+    os.truncate(run / "checkpoint-00000006" / "model.safetensors", 100)
+    result = cllm("train", "--resume", run, "--steps", 8, "--cache-dir", tmp_path / "cache", "--log-format", "json")
+    assert result.returncode == 0, result.stderr
+    log = events(result.stdout)
+    (fallback,) = [e for e in log if e["event"] == "checkpoint_fallback"]
+    assert list(fallback["skipped"]) == ["checkpoint-00000006"]
+    assert next(e for e in log if e["event"] == "resumed")["step"] == 4
