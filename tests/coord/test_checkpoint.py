@@ -138,6 +138,9 @@ def test_cllm_eval_and_generate_read_a_trained_checkpoint(tmp_path):
     assert generated.stdout.startswith("ROMEO:") and len(generated.stdout) > 40
     again = cllm("generate", run, "--prompt", "ROMEO:", "--max-new-tokens", "50", "--seed", "3")
     assert again.stdout == generated.stdout
+    stopped = cllm("generate", run, "--prompt", "ROMEO:", "--max-new-tokens", "50", "--seed", "3", "--stop", " ")
+    text = generated.stdout[len("ROMEO:"):]
+    assert stopped.stdout == "ROMEO:" + text[:text.index(" ")] + "\n"  # the same sample, ended before its first space
     refused = cllm("generate", run, "--prompt", "ROMEO™")
     assert refused.returncode == 2 and refused.stdout == "" and "'™' is not in this model's vocabulary" in refused.stderr
     os.remove(run / list_checkpoints(run)[-1].name / "config.json")

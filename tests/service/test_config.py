@@ -168,7 +168,7 @@ def test_keys_given_win_over_systemd_directories(tmp_path):
 
 
 def test_relative_paths_are_relative_to_the_config_file_not_the_cwd(tmp_path, monkeypatch):
-    write(tmp_path, '[data]\npath = "corpus.txt"\ncache_dir = "../cache"\n'
+    write(tmp_path, '[data]\npath = "corpus.txt"\ncache_dir = "../cache"\n[model]\ninit_from = "models/gpt2"\n'
                     '[service]\nstate_dir = "state"\nsocket = "run/c.sock"\n', "etc/cllm.toml")
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -177,6 +177,7 @@ def test_relative_paths_are_relative_to_the_config_file_not_the_cwd(tmp_path, mo
     assert c.source.resolve() == etc / "cllm.toml"
     assert c.run.data.path.resolve() == etc / "corpus.txt"
     assert c.run.data.cache_dir.resolve() == tmp_path.resolve() / "cache"
+    assert c.run.model.init_from.resolve() == etc / "models" / "gpt2"
     assert c.service.state_dir.resolve() == etc / "state"
     assert c.service.socket.resolve() == etc / "run" / "c.sock"
     assert all(p.is_absolute() for p in (c.run.data.path, c.run.data.cache_dir, c.service.state_dir, c.service.socket))
