@@ -8,7 +8,7 @@ from ..checkpoints.run_dir import claim_run_dir
 from ..checkpoints.store import load_checkpoint
 from ..data.dataset import prepare_dataset
 from ..errors import UserError
-from ..nodezero.node_zero import usable_cores
+from ..nodezero.tree import usable_cores
 from .config import RunConfig, with_values
 from .optimizer import Optimizer
 from .trainer import RunState, Trainer, check_memory, restore_state

@@ -1,4 +1,8 @@
-"""The training loop: get a batch, let Node Zero run the step, log, evaluate, checkpoint.
+"""The training loop: batch, boundary, step, record, boundary.
+
+The cursor gives each step's rows and the notices of the stream's boundaries; Node Zero runs
+the step; at each boundary the loop acts on the notices (``handle``: epochs, documents,
+evaluation and checkpoint intervals) and on control requests (stop, stats, workers, pause).
 
 Everything a run depends on is a function of the step or lives in the checkpoint (weights,
 optimizer moments, best-so-far and patience counters), and batches are a pure function of
@@ -20,7 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from cllm.kernels.model import GPTConfig, ParamLayout, activation_bytes
 from cllm.protocol import payloads as pl
-from cllm.protocol.messages import MessageType as M
+from cllm.protocol.messages import Message, MessageType as M
 
 from ..checkpoints.store import mark_best, prune_checkpoints, save_checkpoint
 from ..errors import OperationalError, RunFailed, UserError
@@ -28,6 +32,7 @@ from .hooks import Hook, Hooks
 from ..nodezero.node_zero import NodeZero, StepFailed
 from ..nodezero.states import ControlState
 from .config import RunConfig, resumable
+from .cursor import Batch, Cursor, notice
 from .optimizer import Optimizer, OptimizerConfig
 from .schedule import learning_rate
 
@@ -92,8 +97,11 @@ class Trainer:
         self.params, self.optimizer, self.state = params, optimizer, state
         self.hooks = hooks or Hooks()
         self.progress = progress
-        self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
-                             dropout=config.dropout, seed=config.seed)
+        self.node = NodeZero(model, params, optimizer, config.threads, micro_batches=config.micro_batches,
+                             step_timeout=config.step_timeout, dropout=config.dropout, seed=config.seed)
+        self.cursor = Cursor(dataset, config.batch_size * config.grad_accum, self.seq_len, config.seed)
+        self.documents = 0  # documents begun in the rows trained on (end-of-text separators crossed)
+        self.checkpointed = None  # the step of the last checkpoint written
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
         self.last_val_loss = None
@@ -111,10 +119,9 @@ class Trainer:
                  optimizer=c.optimizer.kind, schedule=c.schedule.kind)
         with threadpool_limits(1, user_api="blas"):  # the pool is the parallelism; BLAS stays single-threaded
             try:
-                await self.node.start()
-                summary = await self.loop()
+                async with self.node:
+                    summary = await self.loop()
             finally:
-                await self.node.close()
                 if self.run_directory is not None:
                     self.run_directory.release()
                 for future in list(self.waiting.values()) + [self.pause_wanted]:
@@ -152,47 +159,16 @@ class Trainer:
     async def loop(self) -> dict:
         c, s = self.config, self.state
         started, tokens_seen, last = time.perf_counter(), 0, None
-        per_epoch = self.dataset.steps_per_epoch(c.batch_size * c.grad_accum, self.seq_len)
         while s.step < c.steps:
-            step = s.step + 1
-            epoch = (step - 1) // per_epoch
-            position = (step - 1) * c.batch_size * c.grad_accum * self.seq_len  # token offset into the epochs
-            if (step - 1) % per_epoch == 0:
-                if epoch > 0:
-                    self.node.notify(M.BOUNDARY_CROSSING, pl.BoundaryCrossing(step=step, position=position,
-                                                                              kind="epoch"))
-                self.node.notify(M.EPOCH_START, pl.EpochMark(epoch=epoch, step=step))
-                self.hooks.fire(Hook.EPOCH_START, epoch=epoch, step=step)
-                log.info("epoch_start", epoch=epoch, step=step)
-            last_of_epoch = step % per_epoch == 0
-            if last_of_epoch:
-                self.node.notify(M.BOUNDARY_REGION_ENTER, pl.Region(step=step, position=position, kind="epoch_end"))
-            lr = learning_rate(self.schedule, step)
-            self.hooks.fire(Hook.BATCH_START, step=step, epoch=epoch, lr=lr)
-            result = await self.train_step(step, lr)
-            s.step = step
+            batch = self.cursor.batch(s.step + 1)
+            for message in batch.before:
+                await self.handle(message)
+            result = await self.train_step(batch)
+            s.step = batch.step
             tokens_seen += result.tokens
             last = result
-            self.after_step(result, lr)
-            if last_of_epoch:
-                self.node.notify(M.BOUNDARY_REGION_EXIT, pl.Region(step=step, position=position, kind="epoch_end"))
-                self.node.notify(M.EPOCH_COMPLETE, pl.EpochMark(epoch=epoch, step=step))
-                self.hooks.fire(Hook.EPOCH_END, epoch=epoch, step=step)
-                log.info("epoch_end", epoch=epoch, step=step)
-            for interval, kind in ((c.eval.interval, "eval"), (c.checkpoints.interval, "checkpoint")):
-                if interval and step % interval == 0:
-                    self.node.notify(M.TWIN_PRIME_HIT, pl.IntervalHit(step=step, kind=kind))
-            improved = False
-            if c.eval.interval and step % c.eval.interval == 0 and step < c.steps:
-                await self.evaluate_and_track()
-                improved = s.best_step == step
-            if improved or (c.checkpoints.interval and step % c.checkpoints.interval == 0 and step < c.steps):
-                self.checkpoint(best=improved)
-            if await self.boundary():
-                break
-            if c.eval.patience and s.evals_since_best >= c.eval.patience:
-                log.info("early_stop", step=step, best_val_loss=s.best_val, best_step=s.best_step)
-                self.stop_reason = "early_stop"
+            self.record(result, batch)
+            if await self.boundary(batch.after + self.intervals(batch.step)):
                 break
         if self.progress is not None:
             self.progress.close()
@@ -205,21 +181,53 @@ class Trainer:
                    "checkpoint": str(path), "stopped": self.stop_reason}
         log.info("train_finished", step=s.step, loss=round(summary["loss"], 6), val_loss=round(val_loss, 6),
                  val_perplexity=round(summary["val_perplexity"], 4), best_val_loss=round(s.best_val, 6),
-                 seconds=round(elapsed, 2), tokens_per_s=round(summary["tokens_per_s"], 1), stopped=self.stop_reason)
+                 seconds=round(elapsed, 2), tokens_per_s=round(summary["tokens_per_s"], 1), stopped=self.stop_reason,
+                 documents=self.documents)
         return summary
 
-    async def train_step(self, step: int, lr: float):
+    def intervals(self, step: int) -> list:
+        """TWIN_PRIME_HIT for the evaluation and checkpoint intervals this step ends (the last step has its own)."""
         c = self.config
-        x, y = self.dataset.train_batch(step - 1, c.batch_size * c.grad_accum, self.seq_len, c.seed)
-        micro = [(x[i:i + c.batch_size], y[i:i + c.batch_size]) for i in range(0, len(x), c.batch_size)]
-        try:
-            return await self.node.step(step, micro, lr, c.clip_norm)
-        except StepFailed as error:
-            self.hooks.fire(Hook.ERROR, step=step, error=str(error))
-            raise RunFailed(f"step {step} failed: {error}") from None
+        due = [(c.eval.interval, "eval"), (c.checkpoints.interval, "checkpoint")]
+        return [notice(M.TWIN_PRIME_HIT, pl.IntervalHit(step=step, kind=kind))
+                for interval, kind in due if interval and step % interval == 0 and step < c.steps]
 
-    def after_step(self, result, lr: float) -> None:
+    async def handle(self, message: Message) -> None:
+        """Act on a notice of the token stream or the schedule."""
+        p = message.payload
+        if message.type is M.EPOCH_START:
+            self.hooks.fire(Hook.EPOCH_START, epoch=p.epoch, step=p.step)
+            log.info("epoch_start", epoch=p.epoch, step=p.step)
+        elif message.type is M.EPOCH_COMPLETE:
+            self.hooks.fire(Hook.EPOCH_END, epoch=p.epoch, step=p.step)
+            log.info("epoch_end", epoch=p.epoch, step=p.step)
+        elif message.type is M.BOUNDARY_REGION_ENTER:
+            self.cursor.prepare(self.cursor.batch_epoch(p.step) + 1)
+        elif message.type is M.BOUNDARY_REGION_EXIT:
+            self.cursor.forget(self.cursor.batch_epoch(p.step))
+        elif message.type is M.BOUNDARY_CROSSING:
+            self.documents += len(p.positions)
+        elif message.type is M.TWIN_PRIME_HIT and p.kind == "eval":
+            await self.evaluate_and_track()
+            if self.state.best_step == self.state.step:
+                self.checkpoint(best=True)
+        elif message.type is M.TWIN_PRIME_HIT and self.checkpointed != self.state.step:
+            self.checkpoint(best=False)
+
+    async def train_step(self, batch: Batch):
+        c = self.config
+        lr = learning_rate(self.schedule, batch.step)
+        self.hooks.fire(Hook.BATCH_START, step=batch.step, epoch=batch.epoch, lr=lr)
+        try:
+            return await self.node.step(batch.step, batch.tokens, batch.targets, lr, c.clip_norm,
+                                        micro_steps=c.grad_accum)
+        except StepFailed as error:
+            self.hooks.fire(Hook.ERROR, step=batch.step, error=str(error))
+            raise RunFailed(f"step {batch.step} failed: {error}") from None
+
+    def record(self, result, batch: Batch) -> None:
         c, s = self.config, self.state
+        lr = learning_rate(self.schedule, result.step)
         tokens_per_s = result.tokens / result.seconds
         for event in self.node.take_events():  # GRADIENT_COMPLETE: the gradients are reduced at Node Zero
             p = event.payload
@@ -242,7 +250,8 @@ class Trainer:
             self.progress.update(result.step, result.loss, tokens_per_s)
         if c.log_interval and (result.step == 1 or result.step % c.log_interval == 0 or result.step == c.steps):
             log.info("step", step=result.step, loss=round(result.loss, 6), lr=lr, grad_norm=round(result.grad_norm, 6),
-                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4))
+                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4),
+                     micro_batches=sum(result.taken.values()), documents=self.documents)
 
     async def evaluate_and_track(self) -> float:
         """Validation loss on the fixed batches; updates best-so-far and the patience counter."""
@@ -257,9 +266,17 @@ class Trainer:
                  best_val_loss=round(s.best_val, 6))
         return val_loss
 
-    async def boundary(self) -> bool:
-        """Between steps: answer control requests, pause if asked; True when the run should end."""
+    async def boundary(self, notices: list) -> bool:
+        """Between steps: act on the notices, answer control requests, pause if asked; True when the run
+        should end."""
+        for message in notices:
+            await self.handle(message)
         if await self.answer_requests():
+            return True
+        s = self.state
+        if self.config.eval.patience and s.evals_since_best >= self.config.eval.patience:
+            log.info("early_stop", step=s.step, best_val_loss=s.best_val, best_step=s.best_step)
+            self.stop_reason = "early_stop"
             return True
         if self.pause_wanted is not None and not self.pause_wanted.done():
             self.node.control.to(ControlState.PAUSED)
@@ -308,7 +325,7 @@ class Trainer:
             return {"workers": self.node.n_workers}
         if message.type is M.STATS_REQUEST:
             return await self.node.stats()
-        if message.type is M.TWIN_PRIME_HIT:
+        if message.type is M.TWIN_PRIME_HIT:  # `cllm ctl checkpoint`: this one must be written
             return {"checkpoint": str(self.checkpoint(best=False, required=True)), "step": self.state.step}
         raise ValueError(f"{message.type.name} is not a control request")
 
@@ -335,6 +352,7 @@ class Trainer:
                                        f"({error.strerror or error}); free space or fix the directory, then resume "
                                        "from the last checkpoint written") from None
             return None
+        self.checkpointed = s.step
         log.info("checkpoint_saved", path=str(path), step=s.step, best=best, removed=[p.name for p in removed])
         self.hooks.fire(Hook.CHECKPOINT, step=s.step, path=str(path), best=best)
         return path
