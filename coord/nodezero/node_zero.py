@@ -25,6 +25,7 @@ from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
+from ..errors import RunFailed
 from ..training.optimizer import Optimizer, split_range
 from .sphere import Sphere, build_tree
 from .states import CONTROL_TRANSITIONS, ControlState, SphereState, StateMachine
@@ -40,8 +41,9 @@ NOTICES = {M.EPOCH_START, M.EPOCH_COMPLETE, M.BOUNDARY_CROSSING, M.BOUNDARY_REGI
            M.TWIN_PRIME_HIT}
 
 
-class StepFailed(RuntimeError):
-    """A step could not complete: a worker raised or did not answer in time."""
+class StepFailed(RunFailed):
+    """A step, an evaluation or a change of the tree could not complete: a worker raised or did not answer in
+    time. The run cannot go on; its last checkpoint is where it resumes."""
 
     def __init__(self, message: str, timed_out: bool = False):
         super().__init__(message)
@@ -145,7 +147,8 @@ class NodeZero:
     async def stop_spheres(self, kind: M, payload) -> None:
         for child in self.tree.children:
             self.send(kind, child, payload)
-        await self.collect(lambda m: m.type is M.SHUTDOWN_ACK, len(self.tasks), "spheres to stop")
+        # a failed step's late error reports may still come in: they no longer matter to spheres that stop
+        await self.collect(lambda m: m.type is M.SHUTDOWN_ACK, len(self.tasks), "spheres to stop", errors_fail=False)
         await asyncio.wait_for(asyncio.gather(*self.tasks.values(), return_exceptions=True), self.step_timeout)
         self.tasks.clear()
         # a thread stuck in a kernel (its step already failed by the timeout) cannot be joined: the pool's
