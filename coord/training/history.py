@@ -20,6 +20,7 @@ from pathlib import Path
 
 import structlog
 
+from ..errors import UserError
 from .hooks import Hook, Hooks
 
 log = structlog.get_logger("cllm.history")
@@ -31,6 +32,18 @@ def finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+NUMBERS = ("loss", "lr", "grad_norm", "tokens_per_s", "wall_s", "val_loss")
+
+
+def is_number(value) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def is_step_record(record) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("step"), int) and not isinstance(record["step"], bool)
+            and all(is_number(record.get(key)) for key in NUMBERS))
+
+
 def read_lines(path: Path):
     """(line number, record or None when damaged) of each line of ``path``."""
     with open(path, "rb") as f:
@@ -40,8 +53,35 @@ def read_lines(path: Path):
             except ValueError:
                 yield number, None
                 continue
-            ok = isinstance(record, dict) and isinstance(record.get("step"), int)
-            yield number, record if ok else None
+            yield number, record if is_step_record(record) else None
+
+
+def read_history(run: Path) -> tuple:
+    """(the step records of ``run``, a run directory or its metrics.jsonl; a warning or None).
+
+    A damaged last line is the tail of a write a kill cut short: it is left out, with a warning. Any
+    other damage, a missing or empty file, is a UserError."""
+    path = run / FILE if run.is_dir() else run
+    if not run.exists():
+        raise UserError(f"{run} does not exist; give the run directory of a cllm train run")
+    if not path.is_file():
+        raise UserError(f"{run} has no {FILE}; give the run directory of a cllm train run")
+    records, damaged = [], None
+    try:
+        for number, record in read_lines(path):
+            if damaged is not None:
+                raise UserError(f"{path}: line {damaged} is not a step record (a JSON object with an integer "
+                                "step); the file is damaged")
+            if record is None:
+                damaged = number
+            else:
+                records.append(record)
+    except OSError as error:
+        raise UserError(f"{path} cannot be read ({error.strerror or error})") from None
+    if not records:
+        raise UserError(f"{path} has no steps yet; plot it once the run has taken a step")
+    warning = f"{path}: its last line (line {damaged}) is cut short and left out" if damaged else None
+    return records, warning
 
 
 def kept_lines(path: Path, step: int) -> tuple:
