@@ -21,6 +21,7 @@ from cllm.kernels.model import GPTConfig, ParamLayout
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
+from ..errors import RunFailed
 from ..training.optimizer import Optimizer
 from .context import SphereContext
 from .inbox import Inbox
@@ -37,8 +38,9 @@ ROOT = 0
 POLL_S = 0.005  # how often a round with work, an asking worker and no free segment looks again
 
 
-class StepFailed(RuntimeError):
-    """A step could not complete: a worker raised or did not answer in time."""
+class StepFailed(RunFailed):
+    """A step, an evaluation or a change of the tree could not complete: a worker raised or did not answer in
+    time. The run cannot go on; its last checkpoint is where it resumes."""
 
     def __init__(self, message: str, timed_out: bool = False):
         super().__init__(message)
@@ -145,8 +147,8 @@ class NodeZero:
         await self.broadcast(kind, payload)
         try:
             async with self.deadline("the spheres to stop"):
-                for _ in self.spheres:
-                    await self.expect(M.SHUTDOWN_ACK)
+                for _ in self.spheres:  # a failed step's late error reports no longer matter
+                    await self.expect(M.SHUTDOWN_ACK, errors_fail=False)
         except StepFailed as error:
             log.warning("spheres_not_stopped", error=str(error), action="cancelled")
         await self.cancel()
@@ -175,10 +177,11 @@ class NodeZero:
     def deadline(self, what: str):
         return Deadline(self.step_timeout, what)
 
-    async def expect(self, kind: M) -> Message:
-        """The next message of ``kind`` (under the caller's deadline); another is logged and set aside."""
+    async def expect(self, kind: M, errors_fail: bool = True) -> Message:
+        """The next message of ``kind`` (under the caller's deadline); another is logged and set aside, but
+        an error report fails what is awaited."""
         while (message := await self.inbox.get(timeout=self.step_timeout)).type is not kind:
-            if message.type is M.ERROR_REPORT:
+            if message.type is M.ERROR_REPORT and errors_fail:
                 raise failure(message.payload)
             log.debug("message_set_aside", type=message.type.name, sender=message.sender, waiting_for=kind.name)
         return message
@@ -271,8 +274,9 @@ class NodeZero:
                 message = await self.inbox.get(timeout=max(0.0, min(left, POLL_S) if work.stalled else left))
             except TimeoutError:
                 if time.monotonic() >= deadline:
-                    raise StepFailed(f"timed out after {self.step_timeout:g}s waiting for the gradients of step "
-                                     f"{step}", timed_out=True) from None
+                    what = f"the gradients of step {step}" if kind == "train" else "the validation losses"
+                    raise StepFailed(f"timed out after {self.step_timeout:g}s waiting for {what}",
+                                     timed_out=True) from None
             else:
                 await self.answer(work, message)
             for worker, offer in work.offers():

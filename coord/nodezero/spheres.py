@@ -32,8 +32,8 @@ STOPPING = (M.SHUTDOWN_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE)
 
 @dataclass
 class SphereStats:
-    batches: int = 0  # micro-batches computed
-    tokens: int = 0
+    batches: int = 0  # training micro-batches computed
+    tokens: int = 0  # their tokens
     busy_s: float = 0.0  # inside kernels
     waiting_s: float = 0.0  # between asking for work and getting it
 
@@ -146,10 +146,10 @@ class WorkerSphere(Sphere):
             self.machine.to(S.IDLE)
             await self.report_error(error)
             return
-        self.stats.batches += 1
-        self.stats.tokens += part.tokens
         self.stats.busy_s += part.busy_s
         if self.round.kind == "train":
+            self.stats.batches += 1
+            self.stats.tokens += part.tokens
             await self.up(M.GRADIENT_READY, gradient_sum(self.ctx, self.round.round, part))
         else:
             await self.up(M.BATCH_COMPLETE, pl.BatchComplete(round=p.round, micro_batch=p.micro_batch,

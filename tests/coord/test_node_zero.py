@@ -11,11 +11,8 @@ import pytest
 from cllm.coord.nodezero.node_zero import NodeZero, StepFailed
 from cllm.coord.training.optimizer import Optimizer, OptimizerConfig
 from cllm.coord.nodezero import MAX_WORKERS
-from cllm.coord.nodezero.inbox import Inbox
 from cllm.coord.nodezero.worker import WorkerKernels
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward_backward, init_params
-from cllm.protocol import payloads as pl
-from cllm.protocol.messages import MessageType as M, Priority, make
 
 CFG = GPTConfig(vocab_size=32, block_size=16, n_layer=2, n_head=2, n_embd=16)
 BATCH = 24
@@ -221,50 +218,6 @@ async def test_a_worker_that_hangs_times_out_instead_of_hanging(monkeypatch):
             await run_steps(node, 1)
         assert time.monotonic() - started < 5
         await asyncio.sleep(1.5)  # let the stuck threads finish before the pool is shut down
-
-
-async def test_a_critical_message_after_a_thousand_low_ones_is_handled_first():
-    inbox = Inbox(capacity=2048)
-    for i in range(1000):
-        await inbox.put(make(M.STATS_REPORT, 1, 0, report(i)))
-    await inbox.put(make(M.SHUTDOWN_REQUEST, 0, 1, pl.ShutdownRequest(reason="test", after_step=True)))
-    first = await inbox.get(timeout=1.0)
-    assert first.type is M.SHUTDOWN_REQUEST and first.priority is Priority.CRITICAL
-    second = await inbox.get(timeout=1.0)
-    assert second.payload.batches == 0  # then the LOW ones, oldest first
-
-
-def report(i):
-    return pl.StatsReport(sphere=1, group=0, batches=i, tokens=0, busy_s=0.0, waiting_s=0.0, children=[])
-
-
-async def test_a_full_inbox_makes_the_sender_wait_and_drops_nothing():
-    inbox = Inbox(capacity=32)  # 16 places for LOW to HIGH, 16 kept for CRITICAL
-
-    async def send():
-        for i in range(100):
-            await inbox.put(make(M.STATS_REPORT, 1, 0, report(i)), timeout=5.0)
-
-    sender = asyncio.create_task(send())
-    await asyncio.sleep(0.05)
-    assert not sender.done() and len(inbox) == 16  # waiting for room, not dropping
-    got = [(await inbox.get(timeout=1.0)).payload.batches for _ in range(100)]
-    await sender
-    assert got == list(range(100))
-
-
-async def test_a_sender_waiting_on_a_full_inbox_times_out():
-    inbox = Inbox(capacity=32)
-    for i in range(16):
-        await inbox.put(make(M.STATS_REPORT, 1, 0, report(i)))
-    with pytest.raises(TimeoutError):
-        await inbox.put(make(M.STATS_REPORT, 1, 0, report(16)), timeout=0.05)
-    assert len(inbox) == 16
-
-
-async def test_an_empty_inbox_times_out():
-    with pytest.raises(TimeoutError):
-        await Inbox().get(timeout=0.05)
 
 
 async def test_a_non_finite_loss_never_reaches_the_weights():
