@@ -21,6 +21,7 @@ from cllm.kernels.model import GPTConfig, ParamLayout
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
+from ..distributed.ranks import layer_buckets
 from ..errors import RunFailed
 from ..training.optimizer import Optimizer
 from .context import SphereContext
@@ -64,8 +65,12 @@ class NodeZero:
 
     def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: Optimizer, n_workers: int,
                  micro_batches: int = 0, step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0,
-                 seed: int = 0):
+                 seed: int = 0, ranks=None):
         self.cfg, self.layout, self.params, self.optimizer = cfg, ParamLayout(cfg), params, optimizer
+        # the MPI ranks of a run over several processes (coord.distributed.ranks.Ranks), None alone: this
+        # Node Zero computes its rank's share of every batch's rows and sums the gradient over the ranks
+        self.ranks = ranks
+        self.rank_buckets = layer_buckets(self.layout) if ranks is not None else None
         self.n_workers = n_workers
         self.micro_batches = micro_batches  # per micro-step; 0: one per worker
         self.step_timeout, self.retries, self.dropout, self.seed = step_timeout, retries, dropout, seed
@@ -218,17 +223,19 @@ class NodeZero:
         """
         started = time.perf_counter()
         busy = {w.index: w.stats.busy_s for w in self.workers}
-        count = min(len(tokens), (self.micro_batches or self.n_workers) * micro_steps)
-        work, total = await self.run_with_retries(step, "train", tokens, targets, cut(len(tokens), count))
+        work, total = await self.run_with_retries(step, "train", tokens, targets, self.cuts(len(tokens), micro_steps))
         self.machine.to(S.ACCUMULATING)
         grad = self.ctx.segment(total.slot)
+        loss_sum, n_tokens = total.loss_sum, total.tokens
+        if self.ranks is not None:  # every rank ends up with the whole step's gradient, loss and tokens
+            loss_sum, n_tokens = await self.ranks.sum_step(grad, self.rank_buckets, loss_sum, n_tokens, step)
         norm_started = time.perf_counter()
         grad_norm = await self.ctx.norm(grad)
         norm_s = time.perf_counter() - norm_started
-        loss = total.loss_sum / total.tokens
+        loss = loss_sum / n_tokens
         applied = math.isfinite(loss) and math.isfinite(grad_norm)
         self.events.append(make(M.GRADIENT_COMPLETE, ROOT, ROOT, pl.GradientComplete(
-            step=step, tokens=total.tokens, loss=loss, grad_norm=grad_norm)))
+            step=step, tokens=n_tokens, loss=loss, grad_norm=grad_norm)))
         self.machine.to(S.UPDATING)
         update_s = 0.0
         if applied:  # a non-finite loss or gradient never reaches the weights
@@ -238,9 +245,17 @@ class NodeZero:
         await self.broadcast(M.WEIGHTS_UPDATED, pl.WeightsUpdated(step=step, lr=lr, weights=self.ctx.params_ref()))
         self.machine.to(S.READY)
         busiest = max(w.stats.busy_s - busy.get(w.index, 0.0) for w in self.workers)
-        return StepResult(step=step, loss=loss, tokens=total.tokens, grad_norm=grad_norm, applied=applied,
+        return StepResult(step=step, loss=loss, tokens=n_tokens, grad_norm=grad_norm, applied=applied,
                           seconds=time.perf_counter() - started, kernel_seconds=busiest + work.sum_s + norm_s + update_s,
                           taken=dict(work.taken))
+
+    def cuts(self, rows: int, micro_steps: int = 1) -> list:
+        """(first row, rows) of this process's micro-batches of a batch of ``rows`` rows: ``micro_batches`` per
+        micro-step (one per worker by default) over its rank's contiguous share of the rows (all of them, alone).
+        Rows keep their place in the batch, so a dropout mask does not depend on who computes the row."""
+        a, b = (0, rows) if self.ranks is None else self.ranks.share(rows)
+        count = min(b - a, (self.micro_batches or self.n_workers) * micro_steps)
+        return [(a + first, size) for first, size in cut(b - a, count)]
 
     async def run_with_retries(self, step: int, kind: str, tokens: np.ndarray, targets: np.ndarray,
                                cuts: list) -> tuple:
@@ -333,14 +348,16 @@ class NodeZero:
         (each batch cut as a step's micro-step is), answered by BATCH_COMPLETE and added in the pairwise order."""
         tokens = np.concatenate([x for x, _ in batches])
         targets = np.concatenate([y for _, y in batches])
-        cuts = []
+        cuts, base = [], 0
         for x, _ in batches:
-            base = cuts[-1][0] + cuts[-1][1] if cuts else 0
-            cuts += [(base + first, rows) for first, rows in cut(len(x), min(len(x), self.micro_batches
-                                                                              or self.n_workers))]
+            cuts += [(base + first, rows) for first, rows in self.cuts(len(x))]
+            base += len(x)
         _, total = await self.run_with_retries(self.optimizer.step, "eval", tokens, targets, cuts)
         self.machine.to(S.READY)
-        return total.loss_sum / total.tokens
+        loss_sum, n_tokens = total.loss_sum, total.tokens
+        if self.ranks is not None:
+            loss_sum, n_tokens = await self.ranks.sum_scores(loss_sum, n_tokens)
+        return loss_sum / n_tokens
 
     # ----- statistics -----
 
