@@ -14,11 +14,13 @@ from .reduction import Combiner, Part
 
 
 def cut(rows: int, count: int) -> list:
-    """(first row, rows) of ``count`` micro-batches over ``rows`` rows, as even as possible, larger first."""
+    """(first row, rows) of ``count`` micro-batches over ``rows`` rows, as even as possible, the extra rows
+    to the last ones: as MPI ranks split a step (``coord/distributed/ranks.share``), so two ranks of one
+    worker add the same two halves as one process of two workers."""
     base, extra = divmod(rows, count)
     cuts, first = [], 0
     for i in range(count):
-        size = base + (1 if i < extra else 0)
+        size = base + (1 if i >= count - extra else 0)
         cuts.append((first, size))
         first += size
     return cuts
