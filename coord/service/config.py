@@ -127,7 +127,8 @@ def merge_job(config: ServiceConfig, overrides: Mapping, where: str = "job") -> 
         raise UserError(f"{where}: a job is a table of [data], [model] and [training] keys")
     for table in overrides:
         if table not in JOB_TABLES:
-            raise UserError(f"{where}: unknown table [{table}]; a job may set: {', '.join(JOB_TABLES)}")
+            shown = str(table).encode("unicode_escape").decode()  # a name with a newline stays one line
+            raise UserError(f"{where}: unknown table [{shown}]; a job may set: {', '.join(JOB_TABLES)}")
     values = confined(parse_run(overrides, JOB_TABLES, where, config.source.parent, config.service.state_dir),
                       config, where)
     merged = dataclasses.replace(config, run=with_values(config.run, values))

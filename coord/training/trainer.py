@@ -310,11 +310,11 @@ class Trainer:
         return decision, asked
 
     async def act(self, decision: Decision, asked: dict) -> bool:
-        """Carry out ``decision`` (workers, statistics, checkpoint, stop) and answer its askers; True to stop."""
-        if decision.workers:
-            await self.answer(asked[RESIZE], self.resize, decision.workers)
+        """Carry out ``decision`` (statistics, workers, checkpoint, stop) and answer its askers; True to stop."""
         if decision.stats:
             await self.answer(asked[M.STATS_REQUEST], self.statistics)
+        if decision.workers:
+            await self.answer(asked[RESIZE], self.resize, decision.workers)
         if decision.checkpoint:
             await self.answer(asked[M.TWIN_PRIME_HIT], self.checkpoint_asked)
         if not decision.stop:

@@ -1,5 +1,6 @@
 """`cllm train` under `mpiexec -n 2`: one run over two ranks, the same as one process; resume, faults, checks."""
 
+import json
 import os
 import signal
 import subprocess
@@ -178,3 +179,27 @@ def test_a_batch_smaller_than_the_ranks_is_refused_by_every_rank(corpus, tmp_pat
                                                    "1"), timeout=120)
     assert run.returncode == 2
     assert run.stderr.count("cllm: error: --batch-size 1 is fewer sequences than the 2 MPI ranks") == 2, run.stderr
+
+
+def test_requests_to_rank_0_and_a_stop_from_rank_1_take_effect_on_every_rank(corpus, tmp_path):
+    out = tmp_path / "answers.json"
+    run = mpiexec(script("steer"), out, *train_args(corpus, tmp_path / "run", tmp_path / "cache", 100,
+                                                     "--threads", "1", "--log-interval", "1"), timeout=300)
+    assert run.returncode == 0, run.stderr
+    answers = json.loads(out.read_text())
+    first, second = answers["stats_1"], answers["stats_2"]
+    # ranks -> groups -> workers, each rank with its busy, waiting and communication time
+    assert first["ranks"] == second["ranks"] == 2
+    assert [r["rank"] for r in first["children"]] == [0, 1]
+    assert all(r["communication_s"] > 0 and r["busy_s"] > 0 for r in first["children"])
+    assert [len(r["children"]) for r in first["children"]] == [1, 1]
+    assert [len(r["children"]) for r in second["children"]] == [2, 2]  # both ranks took the second worker
+    assert first["batches"] == 2 * 3 and first["tokens"] == 3 * 8 * 32  # three steps of 8 rows of 32 tokens
+    assert answers["workers"] == {"workers": 2}
+    assert answers["checkpoint"]["step"] == 5 and (tmp_path / "run" / "checkpoint-00000005").is_dir()
+    assert answers["pause"] == {"paused": True, "step": 7}
+    lines = json_lines(run.stdout)
+    events = [(e["event"], e.get("step")) for e in lines if e["event"] in ("paused", "resumed_training",
+                                                                           "shutdown_requested", "train_finished")]
+    assert events == [("paused", 7), ("resumed_training", 7), ("shutdown_requested", 10), ("train_finished", 10)]
+    assert next(e for e in lines if e["event"] == "shutdown_requested")["reason"] == "another rank's request"
