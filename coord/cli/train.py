@@ -161,9 +161,9 @@ def train(args, ranks) -> int:
         ranks.run_sync("the comparison of the ranks' settings", ranks.same_everywhere,
                        json.dumps(resumable(config), sort_keys=True).encode(), "settings")
     as_json = configure(args.log_format, args.log_level, rank=rank)
-    if not as_json and args.log_interval is None:  # the progress bar shows every step
-        config = with_values(config, {"log_interval": 0})
     progress = ProgressBar if not as_json and sys.stderr.isatty() and rank in (None, 0) else None
+    if progress and args.log_interval is None:  # the bar shows every step; --log-interval adds step events above it
+        config = with_values(config, {"log_interval": 0})
     trainer = open_run(config, resumed, saved, progress=progress, overwrite=args.overwrite, ranks=ranks)
 
     async def training():

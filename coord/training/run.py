@@ -13,6 +13,7 @@ from ..distributed.data import shared_dataset
 from ..errors import UserError
 from ..nodezero.node_zero import usable_cores
 from .config import RunConfig, with_values
+from .history import History
 from .optimizer import Optimizer
 from .trainer import RunState, Trainer, check_memory, restore_state
 
@@ -27,7 +28,7 @@ def open_run(config: RunConfig, resumed=None, training_state=None, progress=None
     ``progress`` makes a progress bar from the step count. The run directory is claimed first
     (locked, proven writable, another run's refused unless ``overwrite``), and taken only once
     everything else is checked. Over MPI ``ranks``, rank 0 alone claims the run directory and writes the
-    token cache; every rank gets the same Trainer."""
+    token cache, the checkpoints and the run's history (metrics.jsonl); every rank gets the same Trainer."""
     run_dir = None
     if ranks is None or ranks.is_root:
         run_dir = claim_run_dir(config.checkpoints.dir, resumed.path if resumed else None, overwrite)
@@ -40,6 +41,9 @@ def open_run(config: RunConfig, resumed=None, training_state=None, progress=None
             run_dir.abandon()
         raise
     trainer.run_directory = run_dir
+    if run_dir is not None:
+        trainer.history = History(trainer.run_dir, trainer.state.step if resumed else None)
+        trainer.history.attach(trainer.hooks)
     return trainer
 
 
