@@ -25,7 +25,7 @@ from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
-from ..distributed.ranks import layer_buckets
+from ..distributed.ranks import layer_buckets, share
 from ..errors import RunFailed
 from ..training.optimizer import Optimizer, split_range
 from .sphere import Sphere, build_tree
@@ -262,15 +262,10 @@ class NodeZero:
         return (0, rows) if self.ranks is None else self.ranks.share(rows)
 
     def micro_batches(self, rows: int) -> list:
-        """(leaf, row_start, row_stop) for every worker: the batch's rows as evenly as possible."""
+        """(leaf, row_start, row_stop) for every worker: the batch's rows as evenly as possible, split as
+        the ranks split a batch (two workers compute the rows two ranks of one worker would)."""
         leaves = self.tree.leaves()
-        base, extra = divmod(rows, len(leaves))
-        plan, start = [], 0
-        for i, leaf in enumerate(leaves):
-            stop = start + base + (1 if i < extra else 0)
-            plan.append((leaf, start, stop))
-            start = stop
-        return plan
+        return [(leaf, *share(rows, i, len(leaves))) for i, leaf in enumerate(leaves)]
 
     async def step(self, step: int, batches: list, lr: float, clip_norm: float = 0.0) -> StepResult:
         """One optimizer step over ``batches``, a list of (tokens, targets) (B,T) micro-steps whose

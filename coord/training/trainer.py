@@ -98,6 +98,7 @@ class Trainer:
         self.progress = progress
         self.ranks = ranks  # the MPI ranks of a run over several processes; None alone
         self.leads = ranks is None or ranks.is_root  # takes control requests, writes checkpoints
+        self.communication_s = 0.0  # the last step's wait on the other ranks
         self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
                              dropout=config.dropout, seed=config.seed, ranks=ranks)
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
@@ -225,8 +226,12 @@ class Trainer:
         c = self.config
         x, y = self.dataset.train_batch(step - 1, c.batch_size * c.grad_accum, self.seq_len, c.seed)
         micro = [(x[i:i + c.batch_size], y[i:i + c.batch_size]) for i in range(0, len(x), c.batch_size)]
+        waited = self.ranks.wait_s if self.ranks is not None else 0.0
         try:
-            return await self.node.step(step, micro, lr, c.clip_norm)
+            result = await self.node.step(step, micro, lr, c.clip_norm)
+            if self.ranks is not None:  # the step's wait for the other ranks and the Allreduce
+                self.communication_s = self.ranks.wait_s - waited
+            return result
         except StepFailed as error:
             self.hooks.fire(Hook.ERROR, step=step, error=str(error))
             raise RunFailed(f"step {step} failed: {error}") from None
@@ -254,8 +259,9 @@ class Trainer:
         if self.progress is not None:
             self.progress.update(result.step, result.loss, tokens_per_s)
         if c.log_interval and (result.step == 1 or result.step % c.log_interval == 0 or result.step == c.steps):
+            ranks = {} if self.ranks is None else {"communication_s": round(self.communication_s, 4)}
             log.info("step", step=result.step, loss=round(result.loss, 6), lr=lr, grad_norm=round(result.grad_norm, 6),
-                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4))
+                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4), **ranks)
 
     async def evaluate_and_track(self) -> float:
         """Validation loss on the fixed batches; updates best-so-far and the patience counter."""

@@ -16,7 +16,7 @@ from cllm.coord.checkpoints.store import list_checkpoints, load_checkpoint
 from .mpirun import json_lines, mpiexec, mpiexec_path, script
 
 SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
-TINY = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32", "--batch-size", "8",
+TINY = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32", "--batch-size", "7",
         "--dropout", "0.1", "--eval-interval", "10", "--eval-batches", "2",
         "--log-format", "json"]
 LONG = 200  # steps of the runs that are killed on the way
@@ -68,7 +68,7 @@ def test_two_ranks_train_the_weights_of_one_process_with_two_threads_and_with_on
         difference = np.max(np.abs(got - final_params(tmp_path / f"alone-{threads}")))
         print(f"2 ranks x 1 thread against 1 process x {threads} threads: max |dw| {difference:.3g}")
         assert difference < 1e-5
-    # the two ranks split the rows where two threads do, and add the same two halves
+    # the two ranks split the rows (7: 3 and 4) where two threads do, and add the same two halves
     assert np.array_equal(got, final_params(tmp_path / "alone-2"))
     lines = json_lines(ranks.stdout)
     assert {e.get("rank") for e in lines} == {0}  # rank 0 writes the run's log; every line carries the rank
@@ -194,7 +194,7 @@ def test_requests_to_rank_0_and_a_stop_from_rank_1_take_effect_on_every_rank(cor
     assert all(r["communication_s"] > 0 and r["busy_s"] > 0 for r in first["children"])
     assert [len(r["children"]) for r in first["children"]] == [1, 1]
     assert [len(r["children"]) for r in second["children"]] == [2, 2]  # both ranks took the second worker
-    assert first["batches"] == 2 * 3 and first["tokens"] == 3 * 8 * 32  # three steps of 8 rows of 32 tokens
+    assert first["batches"] == 2 * 3 and first["tokens"] == 3 * 7 * 32  # three steps of 7 rows of 32 tokens
     assert answers["workers"] == {"workers": 2}
     assert answers["checkpoint"]["step"] == 5 and (tmp_path / "run" / "checkpoint-00000005").is_dir()
     assert answers["pause"] == {"paused": True, "step": 7}
