@@ -32,6 +32,7 @@ log = structlog.get_logger("cllm.ranks")
 POLL_FIRST_S, POLL_MAX_S = 10e-6, 200e-6  # a waiting collective is tested this often, backing off
 LOST_EXIT = 1  # the exit status of every rank when one is lost, as for any run that cannot go on
 ABORT_GRACE_S = 5.0  # MPI_Abort should end the process at once; past this, leave without it
+FORWARD_S = 0.5  # time for the launcher to forward a rank's last lines before MPI_Abort
 FAIL_GRACE_S = 1.0  # a rank that ends the run on an error waits this long before it ends the others
 STAT_KEYS = ("batches", "tokens", "busy_s", "waiting_s")  # Node Zero's statistics, summed up the tree
 
@@ -277,6 +278,7 @@ class Ranks:
     def abort(self, code: int):
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(FORWARD_S)  # the launcher ends the job at once on MPI_Abort, and drops output not yet forwarded
         threading.Timer(ABORT_GRACE_S, os._exit, (code,)).start()
         self.comm.Abort(code)
 

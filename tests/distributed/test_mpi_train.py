@@ -149,7 +149,7 @@ def test_a_rank_killed_or_frozen_mid_run_ends_the_other_within_the_timeout(corpu
     assert time.monotonic() - started < timeout + 10
     if how == "frozen":  # rank 0 waits out the timeout and names the rank
         lost = [e for e in json_lines(out) if e["event"] == "rank_lost"]
-        assert len(lost) == 1 and lost[0]["failed"] == [1], out + err
+        assert len(lost) == 1 and lost[0]["failed"] == [1], f"status {process.returncode}\n{out}\n{err}"
         assert "rank 1 has not been heard from" in lost[0]["reason"]
     else:  # the launcher sees the rank die and ends the job
         assert "BAD TERMINATION" in out + err
