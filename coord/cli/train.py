@@ -2,10 +2,9 @@
 
 import json
 import sys
-import traceback
 from pathlib import Path
 
-from ..errors import OperationalError, RunFailed, UserError
+from ..errors import UserError
 from ..logs import configure
 from ..settings import Declared, from_text
 from ..training.config import BY_NAME, SETTINGS, RunConfig, check, from_checkpoint, resumable, with_values
@@ -123,24 +122,13 @@ def config_from(args, resumed=None, saved=None) -> RunConfig:
 def run(args) -> int:
     """`cllm train`, alone or as one rank of an MPI launch (``mpiexec -n N cllm train ...``)."""
     from ..distributed.ranks import join
-    from .main import report
+    from .main import as_rank
 
     ranks = join(args.step_timeout or BY_NAME["step_timeout"].default)
     if ranks is None:
         return train(args, None)
     configure(args.log_format, args.log_level, rank=ranks.rank)
-    ranks.start()
-    try:
-        status = train(args, ranks)
-    except (UserError, RunFailed, OperationalError) as error:
-        ranks.fail(report(error))
-    except KeyboardInterrupt:
-        ranks.fail(130)
-    except Exception:  # a bug: its traceback, and no rank left waiting for this one
-        traceback.print_exc()
-        ranks.fail(1)
-    ranks.close()
-    return status
+    return as_rank(ranks, lambda: train(args, ranks))
 
 
 def train(args, ranks) -> int:
