@@ -1,4 +1,7 @@
-"""`diverge.py ARGS...`: `cllm ARGS` on every rank, where rank 1's weights move by one bit after step 5."""
+"""`diverge.py ARGS...`: `cllm ARGS` on every rank, where one bit of one of rank 1's weights flips after step 5.
+
+The bit is the tenth of the mantissa: a flip of the last bit can be rounded away by the next steps' updates
+(as a weight grows past a power of two), and the ranks would agree again before anyone checked."""
 
 import sys
 
@@ -13,7 +16,7 @@ record = Trainer.record
 def nudged(self, result, batch):
     record(self, result, batch)
     if self.ranks.rank == 1 and result.step == 5:
-        self.params[17] = np.nextafter(self.params[17], np.float32(2))
+        self.params[17:18].view(np.uint32)[0] ^= np.uint32(1 << 13)
 
 
 Trainer.record = nudged
