@@ -102,6 +102,13 @@ async def test_the_same_micro_batch_count_gives_bitwise_identical_parameters_for
     assert all(sum(r.taken.values()) == 8 for r in results)
 
 
+async def test_dropout_masks_follow_the_rows_not_the_worker_that_computes_them():
+    alone, _, _ = await train_with(1, 3, micro_batches=8, dropout=0.2, seed=7)
+    spread, _, _ = await train_with(3, 3, micro_batches=8, dropout=0.2, seed=7)
+    other_seed, _, _ = await train_with(3, 3, micro_batches=8, dropout=0.2, seed=8)
+    assert np.array_equal(spread, alone) and not np.array_equal(spread, other_seed)
+
+
 def slowed(monkeypatch, worker, seconds):
     """Worker ``worker`` sleeps ``seconds`` before each of its micro-batches."""
     original = WorkerKernels.train
