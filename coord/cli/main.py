@@ -1,11 +1,11 @@
-"""The ``cllm`` command line: train, generate, eval, serve, ctl; each command in its own module."""
+"""The ``cllm`` command line: train, generate, eval, plot, serve, ctl; each command in its own module."""
 
 import argparse
 import sys
 
 from ..errors import OperationalError, RunFailed, UserError
 from ..signals import leave
-from . import ctl, evaluate, generate, serve, train
+from . import ctl, evaluate, generate, plot, serve, train
 
 
 class Parser(argparse.ArgumentParser):
@@ -18,7 +18,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cllm", description="Train GPT-style language models on CPUs.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (train, generate, evaluate, serve, ctl):
+    for command in (train, generate, evaluate, plot, serve, ctl):
         command.add_parser(commands)
     return parser
 
