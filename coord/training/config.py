@@ -86,6 +86,8 @@ class RunConfig:
     checkpoints: CheckpointConfig = CheckpointConfig()
     log_interval: int = setting(10, COUNT, "steps between step events in the log (0: none)")
     step_timeout: float = setting(600.0, SECONDS, "seconds a step may take before it is failed")
+    check_interval: int = setting(100, COUNT, "steps between the checks that every MPI rank's weights are rank 0's "
+                                              "(0: never)")
 
 
 SETTINGS = declared(RunConfig)
@@ -94,7 +96,7 @@ BY_NAME = {s.name: s for s in SETTINGS}
 # (seq_len, the training windows, may be shorter than its position table, so it is kept); where the
 # run lives and how this machine runs it are the resuming command's
 NOT_RESUMED = {"embed_dim", "num_layers", "num_heads", "init_from", "tokenizer", "vocab_size", "cache_dir",
-               "checkpoint_dir", "threads", "log_interval", "step_timeout"}
+               "checkpoint_dir", "threads", "log_interval", "step_timeout", "check_interval"}
 
 
 def table_of(name: str) -> str:
