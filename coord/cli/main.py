@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import traceback
 
 from ..errors import OperationalError, RunFailed, UserError
 from ..signals import leave
@@ -32,17 +33,38 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except UserError as error:
-        print(f"cllm: error: {error}", file=sys.stderr)
-        return 2
-    except RunFailed as error:
-        print(f"cllm: run failed: {error}", file=sys.stderr)
-        return 1
-    except OperationalError as error:
-        print(f"cllm: error: {error}", file=sys.stderr)
-        return 1
+    except (UserError, RunFailed, OperationalError) as error:
+        return report(error)
     except KeyboardInterrupt:
         print("cllm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+def as_rank(ranks, command) -> int:
+    """``command()`` as one rank of an MPI launch, then the ranks' closing barrier. An error that ends the
+    command on this rank ends every rank, after this rank's line, with its exit status: no rank is left
+    waiting in a collective for one that is gone."""
+    ranks.start()
+    try:
+        status = command()
+    except (UserError, RunFailed, OperationalError) as error:
+        ranks.fail(report(error))
+    except KeyboardInterrupt:
+        print("cllm: interrupted", file=sys.stderr)
+        ranks.fail(130)
+    except Exception:  # a bug: its traceback
+        traceback.print_exc()
+        ranks.fail(1)
+    ranks.close()
+    return status
+
+
+def report(error: Exception) -> int:
+    """One line on standard error for an error that ends a command; its exit status."""
+    if isinstance(error, UserError):
+        print(f"cllm: error: {error}", file=sys.stderr)
+        return 2
+    print(f"cllm: {'run failed' if isinstance(error, RunFailed) else 'error'}: {error}", file=sys.stderr)
+    return 1

@@ -21,10 +21,12 @@ import structlog
 
 from cllm.kernels.dropout import Dropout, step_key
 from cllm.kernels.model import GPTConfig, ParamLayout
+from cllm.kernels.precision import Weights16, unavailable
 from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
+from ..distributed.ranks import layer_buckets, share
 from ..errors import RunFailed
 from ..training.optimizer import Optimizer, split_range
 from .sphere import Sphere, build_tree
@@ -68,16 +70,37 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def usable_precision(wanted: str) -> str:
+    """``wanted``, or fp32 with one log line when bfloat16 products cannot run here."""
+    if wanted == "bf16" and (reason := unavailable()):
+        log.warning("precision_fallback", wanted=wanted, using="fp32", reason=reason)
+        return "fp32"
+    return wanted
+
+
 class NodeZero:
-    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer."""
+    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer.
+
+    With ``precision`` bf16 the workers read the weights of the matrix products rounded to
+    bfloat16, rounded once per step after the update; ``params`` stay the float32 master weights.
+    """
 
     def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: Optimizer, n_workers: int,
-                 step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0, seed: int = 0):
+                 step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0, seed: int = 0, ranks=None,
+                 precision: str = "fp32"):
         self.cfg = cfg
+        # the MPI ranks of a run over several processes (coord.distributed.ranks.Ranks), None alone: this
+        # Node Zero computes its rank's share of every batch and sums the gradient over the ranks
+        self.ranks = ranks
         self.dropout, self.seed = dropout, seed
         self.layout = ParamLayout(cfg)
+        self.rank_buckets = layer_buckets(self.layout) if ranks is not None else None
         self.params = params
+        self.precision = usable_precision(precision)
+        self.weights16 = Weights16(self.layout) if self.precision == "bf16" else None
         self.weights = self.layout.tensors(params)
+        if self.weights16 is not None:
+            self.weights = self.weights16.tensors(self.weights)
         self.optimizer = optimizer
         self.step_timeout = step_timeout
         self.retries = retries
@@ -95,6 +118,8 @@ class NodeZero:
     # ----- lifecycle -----
 
     async def start(self) -> None:
+        if self.weights16 is not None:
+            self.weights16.refresh(self.params)
         await self.build(self.n_workers)
         self.control.to(ControlState.RUNNING)
         log.info("node_zero_started", workers=self.n_workers, spheres=sum(1 for _ in self.tree.walk()),
@@ -116,7 +141,7 @@ class NodeZero:
                 self.kernels[index].segment = segment
                 self.kernels[index].grads = self.layout.tensors(segment)
             else:
-                self.kernels[index] = WorkerKernels(self.cfg, self.layout, segment, index)
+                self.kernels[index] = WorkerKernels(self.cfg, self.layout, segment, index, self.precision)
         for index in [i for i in self.kernels if i >= n_workers]:
             del self.kernels[index]
         self.slices = min(usable_cores(), n_workers)
@@ -252,16 +277,15 @@ class NodeZero:
 
     # ----- one training step -----
 
+    def rank_share(self, rows: int) -> tuple:
+        """[a, b): the rows of a batch of ``rows`` this Node Zero computes (all of them, alone)."""
+        return (0, rows) if self.ranks is None else self.ranks.share(rows)
+
     def micro_batches(self, rows: int) -> list:
-        """(leaf, row_start, row_stop) for every worker: the batch's rows as evenly as possible."""
+        """(leaf, row_start, row_stop) for every worker: the batch's rows as evenly as possible, split as
+        the ranks split a batch (two workers compute the rows two ranks of one worker would)."""
         leaves = self.tree.leaves()
-        base, extra = divmod(rows, len(leaves))
-        plan, start = [], 0
-        for i, leaf in enumerate(leaves):
-            stop = start + base + (1 if i < extra else 0)
-            plan.append((leaf, start, stop))
-            start = stop
-        return plan
+        return [(leaf, *share(rows, i, len(leaves))) for i, leaf in enumerate(leaves)]
 
     async def step(self, step: int, batches: list, lr: float, clip_norm: float = 0.0) -> StepResult:
         """One optimizer step over ``batches``, a list of (tokens, targets) (B,T) micro-steps whose
@@ -276,7 +300,8 @@ class NodeZero:
         loss_sum, n_tokens, kernel_s = 0.0, 0, 0.0
         first_row = 0  # the global row of each micro-step's first sequence in the step's batch
         for k, (tokens, targets) in enumerate(batches):
-            reports = await self.dispatch_with_retry(step, tokens, targets, dloss, first_row)
+            a, b = self.rank_share(len(tokens))
+            reports = await self.dispatch_with_retry(step, tokens[a:b], targets[a:b], dloss, first_row + a)
             first_row += len(tokens)
             loss_sum += sum(r.payload.loss_sum for r in reports)
             n_tokens += sum(r.payload.tokens for r in reports)
@@ -285,6 +310,9 @@ class NodeZero:
                                                       accumulate=k > 0, in_place=len(batches) == 1)
             kernel_s += max(r.payload.busy_s for r in reports) + reduce_s
             self.tree.machine.to(SphereState.WAITING)
+        if self.ranks is not None:  # every rank ends up with the whole step's gradient, loss and tokens
+            loss_sum, n_tokens = await self.ranks.sum_step(grad, self.rank_buckets, loss_sum, n_tokens, step)
+            sumsq = await self.sum_squares(grad)
         grad_norm = math.sqrt(sumsq)
         loss = loss_sum / n_tokens
         applied = math.isfinite(loss) and math.isfinite(grad_norm)
@@ -351,6 +379,12 @@ class NodeZero:
         results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
         return grad, sum(r for r, _ in results), max(s for _, s in results)
 
+    async def sum_squares(self, grad: np.ndarray) -> float:
+        """The sum of squares of ``grad`` across the pool by parameter slices."""
+        loop = asyncio.get_running_loop()
+        parts = [loop.run_in_executor(self.pool, sum_squares, grad, a, b) for a, b in self.reduce_ranges]
+        return sum(await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout))
+
     async def update(self, grad: np.ndarray, lr: float, grad_scale: float) -> float:
         """The optimizer step across the pool by parameter slices; returns the slowest slice's seconds."""
         loop = asyncio.get_running_loop()
@@ -358,7 +392,13 @@ class NodeZero:
         parts = [loop.run_in_executor(self.pool, timed, self.optimizer.update_slice, self.params, grad, pieces, lr,
                                       grad_scale) for pieces in self.update_plan]
         results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
-        return max(s for _, s in results)
+        seconds = max(s for _, s in results)
+        if self.weights16 is not None:  # the products' weights, rounded once per step
+            parts = [loop.run_in_executor(self.pool, timed, self.weights16.refresh, self.params, a, b)
+                     for a, b in self.reduce_ranges]
+            results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
+            seconds += max(s for _, s in results)
+        return seconds
 
     async def recover(self, step: int, action: str) -> None:
         """After a failed step: every sphere drops the step (ERROR_RECOVERY); returns when all have."""
@@ -382,6 +422,8 @@ class NodeZero:
         total, count = 0.0, 0
         leaves = self.tree.leaves()
         for index, (tokens, targets) in enumerate(batches):
+            a, b = self.rank_share(len(tokens))
+            tokens, targets = tokens[a:b], targets[a:b]
             self.batch = (tokens, targets, 0.0, 0)
             offers = {leaf.worker_index: (leaf, a, b) for leaf, a, b in self.micro_batches(len(tokens)) if b > a}
             for leaf, a, b in offers.values():
@@ -405,6 +447,8 @@ class NodeZero:
                 count += p.tokens
             total += sum(losses[k] for k in sorted(losses))
         self.notify(M.BOUNDARY_REGION_EXIT, pl.Region(step=self.optimizer.step, position=0, kind="validation"))
+        if self.ranks is not None:
+            total, count = await self.ranks.sum_scores(total, count)
         return total / count
 
     def notify(self, kind: M, payload) -> None:

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from cllm.protocol import payloads as pl
 from cllm.protocol.messages import MessageType as M
 
 from ..checkpoints.store import mark_best, prune_checkpoints, save_checkpoint
+from ..distributed.decision import Decision
 from ..errors import OperationalError, RunFailed, UserError
 from .hooks import Hook, Hooks
 from ..nodezero.node_zero import NodeZero, StepFailed
@@ -32,6 +34,8 @@ from .optimizer import Optimizer, OptimizerConfig
 from .schedule import learning_rate
 
 log = structlog.get_logger("cllm.train")
+
+RESIZE = "resize"  # CHILD_SPAWN and CHILD_TERMINATE, taken together at a boundary: the last count asked wins
 
 
 @dataclass
@@ -83,7 +87,7 @@ class Trainer:
     """One run: the model's parameters and optimizer, Node Zero, the data and the run directory."""
 
     def __init__(self, config: RunConfig, model: GPTConfig, dataset, params: np.ndarray, optimizer: Optimizer,
-                 state: RunState, hooks: Hooks | None = None, progress=None):
+                 state: RunState, hooks: Hooks | None = None, progress=None, ranks=None):
         self.config, self.model, self.dataset = config, model, dataset
         self.run_dir = Path(config.checkpoints.dir)
         self.seq_len = config.model.seq_len
@@ -92,8 +96,11 @@ class Trainer:
         self.params, self.optimizer, self.state = params, optimizer, state
         self.hooks = hooks or Hooks()
         self.progress = progress
+        self.ranks = ranks  # the MPI ranks of a run over several processes; None alone
+        self.leads = ranks is None or ranks.is_root  # takes control requests, writes checkpoints
+        self.communication_s = 0.0  # the last step's wait on the other ranks
         self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
-                             dropout=config.dropout, seed=config.seed)
+                             dropout=config.dropout, seed=config.seed, ranks=ranks, precision=config.precision)
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
         self.last_val_loss = None
@@ -179,6 +186,8 @@ class Trainer:
             tokens_seen += result.tokens
             last = result
             self.after_step(result, lr)
+            if self.ranks is not None and c.check_interval and step % c.check_interval == 0:
+                await self.ranks.check_weights(self.params, step)
             if last_of_epoch:
                 self.node.notify(M.BOUNDARY_REGION_EXIT, pl.Region(step=step, position=position, kind="epoch_end"))
                 self.node.notify(M.EPOCH_COMPLETE, pl.EpochMark(epoch=epoch, step=step))
@@ -217,8 +226,12 @@ class Trainer:
         c = self.config
         x, y = self.dataset.train_batch(step - 1, c.batch_size * c.grad_accum, self.seq_len, c.seed)
         micro = [(x[i:i + c.batch_size], y[i:i + c.batch_size]) for i in range(0, len(x), c.batch_size)]
+        waited = self.ranks.wait_s if self.ranks is not None else 0.0
         try:
-            return await self.node.step(step, micro, lr, c.clip_norm)
+            result = await self.node.step(step, micro, lr, c.clip_norm)
+            if self.ranks is not None:  # the step's wait for the other ranks and the Allreduce
+                self.communication_s = self.ranks.wait_s - waited
+            return result
         except StepFailed as error:
             self.hooks.fire(Hook.ERROR, step=step, error=str(error))
             raise RunFailed(f"step {step} failed: {error}") from None
@@ -246,8 +259,9 @@ class Trainer:
         if self.progress is not None:
             self.progress.update(result.step, result.loss, tokens_per_s)
         if c.log_interval and (result.step == 1 or result.step % c.log_interval == 0 or result.step == c.steps):
+            ranks = {} if self.ranks is None else {"communication_s": round(self.communication_s, 4)}
             log.info("step", step=result.step, loss=round(result.loss, 6), lr=lr, grad_norm=round(result.grad_norm, 6),
-                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4))
+                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4), **ranks)
 
     async def evaluate_and_track(self) -> float:
         """Validation loss on the fixed batches; updates best-so-far and the patience counter."""
@@ -264,65 +278,102 @@ class Trainer:
         return val_loss
 
     async def boundary(self) -> bool:
-        """Between steps: answer control requests, pause if asked; True when the run should end."""
-        if await self.answer_requests():
+        """Between steps: act on the control requests, pause if asked; True when the run should end."""
+        decision, asked = await self.decide(paused=False)
+        if await self.act(decision, asked):
             return True
+        if not decision.pause:
+            return False
+        self.node.control.to(ControlState.PAUSED)
+        log.info("paused", step=self.state.step)
         if self.pause_wanted is not None and not self.pause_wanted.done():
-            self.node.control.to(ControlState.PAUSED)
-            log.info("paused", step=self.state.step)
             self.pause_wanted.set_result({"paused": True, "step": self.state.step})
-            while not self.resumed.is_set():
+        while True:
+            if self.leads:  # the other ranks wait for rank 0's word in the agreement itself
                 try:
                     await asyncio.wait_for(self.resumed.wait(), 1.0)
                 except TimeoutError:
                     pass
-                if self.on_idle is not None:
-                    self.on_idle()
-                if await self.answer_requests():
-                    return True
-            self.node.control.to(ControlState.RUNNING)
-            log.info("resumed_training", step=self.state.step)
+            if self.on_idle is not None:
+                self.on_idle()
+            decision, asked = await self.decide(paused=True)
+            if await self.act(decision, asked):
+                return True
+            if decision.resume:
+                break
+        self.node.control.to(ControlState.RUNNING)
+        log.info("resumed_training", step=self.state.step)
         return False
 
-    async def answer_requests(self) -> bool:
-        """Handle the control messages waiting at Node Zero, highest priority first."""
-        stop = False
+    async def decide(self, paused: bool) -> tuple:
+        """The control requests waiting at Node Zero as one Decision, and the requests by kind (their askers
+        are answered once it is carried out). Over MPI ranks the Decision is rank 0's, and any rank's stop,
+        agreed by all: every rank acts on the same one at the same boundary."""
+        asked = defaultdict(list)
         for message in self.node.take_requests():
-            future = self.waiting.pop(message.id, None)
-            try:
-                result = await self.handle_request(message)
-            except Exception as error:  # an answer for the asker, never a crash of the run
-                if future is None:
-                    raise
-                future.set_exception(error)
-                continue
-            if result == "stop":
-                stop = True
-                result = {"stopping": True, "step": self.state.step}
-            if future is not None and not future.done():
-                future.set_result(result)
-        return stop
+            asked[RESIZE if message.type in (M.CHILD_SPAWN, M.CHILD_TERMINATE) else message.type].append(message)
+        decision = Decision(stop=bool(asked[M.SHUTDOWN_REQUEST]),
+                            pause=not paused and self.pause_wanted is not None and not self.pause_wanted.done(),
+                            resume=paused and self.resumed.is_set(), checkpoint=bool(asked[M.TWIN_PRIME_HIT]),
+                            stats=bool(asked[M.STATS_REQUEST]),
+                            workers=max(asked[RESIZE], key=lambda m: m.id).payload.count if asked[RESIZE] else 0)
+        if self.ranks is not None:
+            decision = await self.ranks.agree(decision)
+        return decision, asked
 
-    async def handle_request(self, message):
-        p = message.payload
-        if message.type is M.SHUTDOWN_REQUEST:
-            log.info("shutdown_requested", step=self.state.step, reason=p.reason)
-            self.stop_reason = self.stop_reason or p.reason
-            return "stop"
-        if message.type in (M.CHILD_SPAWN, M.CHILD_TERMINATE):
-            await self.node.resize(p.count)
-            return {"workers": self.node.n_workers}
-        if message.type is M.STATS_REQUEST:
-            return await self.node.stats()
-        if message.type is M.TWIN_PRIME_HIT:
-            return {"checkpoint": str(self.checkpoint(best=False, required=True)), "step": self.state.step}
-        raise ValueError(f"{message.type.name} is not a control request")
+    async def act(self, decision: Decision, asked: dict) -> bool:
+        """Carry out ``decision`` (statistics, workers, checkpoint, stop) and answer its askers; True to stop."""
+        if decision.stats:
+            await self.answer(asked[M.STATS_REQUEST], self.statistics)
+        if decision.workers:
+            await self.answer(asked[RESIZE], self.resize, decision.workers)
+        if decision.checkpoint:
+            await self.answer(asked[M.TWIN_PRIME_HIT], self.checkpoint_asked)
+        if not decision.stop:
+            return False
+        reasons = [m.payload.reason for m in asked[M.SHUTDOWN_REQUEST]] or ["another rank's request"]
+        log.info("shutdown_requested", step=self.state.step, reason=reasons[0])
+        self.stop_reason = self.stop_reason or reasons[0]
+        await self.answer(asked[M.SHUTDOWN_REQUEST], self.stopping)
+        return True
+
+    async def answer(self, requests: list, action, *args) -> None:
+        """Run ``action`` once for ``requests``: every asker gets its result, or its error; an error that no
+        one asked for ends the run."""
+        futures = [f for f in (self.waiting.pop(m.id, None) for m in requests) if f is not None and not f.done()]
+        try:
+            result = await action(*args)
+        except Exception as error:
+            if not futures:
+                raise
+            for future in futures:
+                future.set_exception(error)
+            return
+        for future in futures:
+            future.set_result(result)
+
+    async def resize(self, workers: int) -> dict:
+        await self.node.resize(workers)
+        return {"workers": self.node.n_workers}
+
+    async def statistics(self) -> dict | None:
+        """The run's statistics tree: Node Zero's spheres, under the ranks of a run over MPI (on rank 0)."""
+        tree = await self.node.stats()
+        return tree if self.ranks is None else await self.ranks.gather_stats(tree)
+
+    async def checkpoint_asked(self) -> dict:
+        return {"checkpoint": str(self.checkpoint(best=False, required=True)), "step": self.state.step}
+
+    async def stopping(self) -> dict:
+        return {"stopping": True, "step": self.state.step}
 
     def checkpoint(self, best: bool, required: bool = False) -> Path | None:
         """Write a checkpoint of the step just taken. One that cannot be written (a full disk) is logged and
         the next interval tries again; one that is ``required`` (the run's last, or asked for) raises
         OperationalError instead, the last checkpoint written staying the one to resume from."""
         s = self.state
+        if not self.leads:  # rank 0 writes the run's checkpoints
+            return None
         training_state = {"optimizer_state": self.optimizer.state, "optimizer_step": np.int64(self.optimizer.step),
                           "run_state": np.array([s.step, s.best_val, s.best_step, s.evals_since_best, s.bad_in_row],
                                                 dtype=np.float64),
