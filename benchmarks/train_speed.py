@@ -37,6 +37,7 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--micro-batches", type=int, default=0, help="micro-batches per step (0: one per worker)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of the matrix products")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "cllm")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -60,7 +61,7 @@ def measure(args) -> dict:
                     n_head=args.num_heads, n_embd=args.embed_dim)
     params = init_params(cfg, seed=0)
     node = NodeZero(cfg, params, Optimizer(ParamLayout(cfg), OptimizerConfig()), args.threads[0],
-                    micro_batches=args.micro_batches)
+                    micro_batches=args.micro_batches, precision=args.precision)
     with threadpool_limits(1, user_api="blas"):
         started = time.perf_counter()
         results = run_event_loop(train_steps(node, dataset, args))
@@ -68,6 +69,7 @@ def measure(args) -> dict:
     kernel = sum(r.kernel_seconds for r in results)
     return {
         "threads": args.threads[0],
+        "precision": node.precision,  # fp32 when bf16 was asked for but cannot run here
         "tokens_per_s": sum(r.tokens for r in results) / seconds,
         "step_s": seconds / len(results),
         "overhead_share": (seconds - kernel) / seconds,
@@ -102,7 +104,7 @@ def main(argv=None) -> int:
           f"python {platform.python_version()}")
     print(f"config: embed {args.embed_dim}, layers {args.num_layers}, heads {args.num_heads}, seq {args.seq_len}, "
           f"batch {args.batch_size}, {args.tokenizer} vocab {args.vocab_size}, {args.steps} steps after "
-          f"{args.warmup} warm-up, data {args.data.name}")
+          f"{args.warmup} warm-up, data {args.data.name}, precision {args.precision}")
     rows = []
     for threads in args.threads:
         base = [a for a in (argv if argv is not None else sys.argv[1:])]

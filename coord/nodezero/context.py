@@ -22,9 +22,10 @@ NORM_CHUNK = 1 << 14  # the gradient norm adds the squares of fixed chunks, so i
 
 
 class SphereContext:
-    def __init__(self, layout: ParamLayout, params: np.ndarray, pool: ThreadPoolExecutor, slices: int,
+    def __init__(self, layout: ParamLayout, params: np.ndarray, read_weights, pool: ThreadPoolExecutor, slices: int,
                  timeout: float, dropout: float, seed: int):
         self.layout, self.pool, self.timeout = layout, pool, timeout
+        self.read_weights = read_weights  # params -> the tensors the kernels read (float32, or rounded to bf16)
         self.dropout, self.seed = dropout, seed
         self.ranges = split_range(layout.size, slices)
         empty = np.zeros(0, dtype=np.int32)
@@ -39,10 +40,11 @@ class SphereContext:
         return self.buffers[ref.name].reshape(-1)[ref.offset:ref.offset + ref.length]
 
     def tensors(self, ref: BufferRef) -> Tensors:
-        """The named parameter (or gradient) tensors over a params or segment reference."""
+        """The named tensors over a reference: the weights the kernels read, or a gradient segment."""
         key = ref.name, ref.offset
         if key not in self.views:
-            self.views[key] = self.layout.tensors(self.resolve(ref))
+            flat = self.resolve(ref)
+            self.views[key] = self.read_weights(flat) if ref.name == "params" else self.layout.tensors(flat)
         return self.views[key]
 
     def load(self, tokens: np.ndarray, targets: np.ndarray) -> None:

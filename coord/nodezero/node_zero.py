@@ -18,6 +18,7 @@ import numpy as np
 import structlog
 
 from cllm.kernels.model import GPTConfig, ParamLayout
+from cllm.kernels.precision import Weights16, unavailable
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
@@ -60,17 +61,32 @@ class StepResult:
     taken: dict  # worker index -> micro-batches it computed
 
 
+def usable_precision(wanted: str) -> str:
+    """``wanted``, or fp32 with one log line when bfloat16 products cannot run here."""
+    if wanted == "bf16" and (reason := unavailable()):
+        log.warning("precision_fallback", wanted=wanted, using="fp32", reason=reason)
+        return "fp32"
+    return wanted
+
+
 class NodeZero:
-    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer."""
+    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer.
+
+    With ``precision`` bf16 the workers read the weights of the matrix products rounded to
+    bfloat16, rounded once per step after the update; ``params`` stay the float32 master weights.
+    """
 
     def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: Optimizer, n_workers: int,
                  micro_batches: int = 0, step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0,
-                 seed: int = 0, ranks=None):
+                 seed: int = 0, ranks=None, precision: str = "fp32"):
         self.cfg, self.layout, self.params, self.optimizer = cfg, ParamLayout(cfg), params, optimizer
         # the MPI ranks of a run over several processes (coord.distributed.ranks.Ranks), None alone: this
         # Node Zero computes its rank's share of every batch's rows and sums the gradient over the ranks
         self.ranks = ranks
         self.rank_buckets = layer_buckets(self.layout) if ranks is not None else None
+        self.precision = usable_precision(precision)
+        self.weights16 = Weights16(self.layout) if self.precision == "bf16" else None
+        self.weights = self.read_weights(params)  # what the workers' kernels read
         self.n_workers = n_workers
         self.micro_batches = micro_batches  # per micro-step; 0: one per worker
         self.step_timeout, self.retries, self.dropout, self.seed = step_timeout, retries, dropout, seed
@@ -86,7 +102,14 @@ class NodeZero:
 
     # ----- lifecycle -----
 
+    def read_weights(self, params: np.ndarray):
+        """The tensors the kernels read over ``params``: float32 views, or their bfloat16 rounding."""
+        tensors = self.layout.tensors(params)
+        return tensors if self.weights16 is None else self.weights16.tensors(tensors)
+
     async def __aenter__(self) -> "NodeZero":
+        if self.weights16 is not None:
+            self.weights16.refresh(self.params)
         self.tasks = asyncio.TaskGroup()
         await self.tasks.__aenter__()
         try:
@@ -118,11 +141,11 @@ class NodeZero:
         self.tree = plan_tree(n_workers)
         self.route = routes(self.tree)[ROOT]
         self.pool = ThreadPoolExecutor(max_workers=pool_threads(self.tree), thread_name_prefix="sphere")
-        self.ctx = SphereContext(self.layout, self.params, self.pool, slices(self.tree), self.step_timeout,
-                                 self.dropout, self.seed)
+        self.ctx = SphereContext(self.layout, self.params, self.read_weights, self.pool, slices(self.tree),
+                                 self.step_timeout, self.dropout, self.seed)
         self.update_plan = self.optimizer.plan(slices(self.tree))
         for leaf in self.tree.leaves():
-            self.kernels.setdefault(leaf.worker, WorkerKernels(self.cfg, leaf.worker))
+            self.kernels.setdefault(leaf.worker, WorkerKernels(self.cfg, leaf.worker, self.precision))
         for index in [i for i in self.kernels if i >= n_workers]:
             del self.kernels[index]
         self.children, self.spheres = build_spheres(self.tree, self.inbox, self.ctx, self.kernels)
@@ -329,7 +352,12 @@ class NodeZero:
         self.optimizer.step += 1
         parts = [loop.run_in_executor(self.pool, timed, self.optimizer.update_slice, self.params, grad, pieces, lr,
                                       grad_scale) for pieces in self.update_plan]
-        return max(await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout))
+        seconds = max(await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout))
+        if self.weights16 is not None:  # the products' weights, rounded once per step
+            started = time.perf_counter()
+            await self.ctx.split(refresh_slice, self.weights16, self.params)
+            seconds += time.perf_counter() - started
+        return seconds
 
     async def recover(self, step: int, action: str) -> None:
         """After a failed round: every sphere forgets it (ERROR_RECOVERY); returns when all have."""
@@ -387,6 +415,10 @@ class Deadline:
             kind = TimeoutError
         if kind is TimeoutError:
             raise StepFailed(f"timed out after {self.seconds:g}s waiting for {self.what}", timed_out=True) from None
+
+
+def refresh_slice(start: int, stop: int, weights16: Weights16, params: np.ndarray) -> None:
+    weights16.refresh(params, start, stop)
 
 
 def failure(p: pl.ErrorReport) -> StepFailed:

@@ -13,8 +13,8 @@ SHAPES_KEPT = 4  # (rows, seq_len) shapes of activations a worker keeps: uneven 
 class WorkerKernels:
     """A worker's activations, allocated once per micro-batch shape and reused."""
 
-    def __init__(self, cfg: GPTConfig, index: int):
-        self.cfg = cfg
+    def __init__(self, cfg: GPTConfig, index: int, precision: str = "fp32"):
+        self.cfg, self.precision = cfg, precision
         self.index = index  # the worker's position among the leaves
         self.acts = {}  # (B, T) -> Activations
 
@@ -22,7 +22,7 @@ class WorkerKernels:
         if (B, T) not in self.acts:
             if len(self.acts) >= SHAPES_KEPT:
                 self.acts.clear()
-            self.acts[B, T] = Activations(self.cfg, B, T)
+            self.acts[B, T] = Activations(self.cfg, B, T, precision=self.precision)
         return self.acts[B, T]
 
     def train(self, weights: Tensors, grads: Tensors, tokens: np.ndarray, targets: np.ndarray, dloss: float,

@@ -105,7 +105,8 @@ class Trainer:
         self.leads = ranks is None or ranks.is_root  # takes control requests, writes checkpoints
         self.communication_s = 0.0  # the last step's wait on the other ranks
         self.node = NodeZero(model, params, optimizer, config.threads, micro_batches=config.micro_batches,
-                             step_timeout=config.step_timeout, dropout=config.dropout, seed=config.seed, ranks=ranks)
+                             step_timeout=config.step_timeout, dropout=config.dropout, seed=config.seed, ranks=ranks,
+                             precision=config.precision)
         self.cursor = Cursor(dataset, config.batch_size * config.grad_accum, self.seq_len, config.seed)
         self.documents = 0  # documents begun in the rows trained on (end-of-text separators crossed)
         self.checkpointed = None  # the step of the last checkpoint written
