@@ -136,3 +136,12 @@ def test_resume_passes_over_a_damaged_latest_checkpoint_with_one_warning(tmp_pat
     (fallback,) = [e for e in log if e["event"] == "checkpoint_fallback"]
     assert list(fallback["skipped"]) == ["checkpoint-00000006"]
     assert next(e for e in log if e["event"] == "resumed")["step"] == 4
+
+
+@pytest.mark.parametrize("args", [["train", "no\nsuch.txt", "--steps", "1"], ["generate", "no\nrun", "--prompt", "a"]],
+                         ids=["train", "generate"])
+def test_a_path_with_a_line_break_is_still_one_line(args):
+    result = cllm(*args)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "no\\nsuch.txt" in line or "no\\nrun" in line
