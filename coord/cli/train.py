@@ -1,5 +1,6 @@
 """`cllm train`: its options are the run's declared settings (coord.training.config)."""
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -146,5 +147,14 @@ def run(args) -> int:
             return await trainer.run()
 
     run_event_loop(train())
+    if not as_json:
+        print(next_commands(config.checkpoints.dir))
     return 0
+
+
+def next_commands(run_dir: Path) -> str:
+    """What a person may run next on the run just trained, shown after a run on a terminal."""
+    where = shlex.quote(str(run_dir))
+    return (f"Sample from it: cllm generate {where} --prompt 'The '\n"
+            f"Plot its loss:  cllm plot {where}    (or cllm plot --terminal {where})")
 

@@ -114,3 +114,4 @@ def test_console_logs_to_a_pipe_have_step_events_every_log_interval(tmp_path, in
     logged = [int(m.group(1)) for m in re.finditer(r"\] step .* step=(\d+) ", result.stdout)]
     assert logged == expected
     assert not result.stdout.lstrip().startswith("{")  # readable lines, not JSON
+    assert result.stdout.splitlines()[-2] == f"Sample from it: cllm generate {tmp_path / 'run'} --prompt 'The '"
