@@ -1,5 +1,6 @@
 """A run's history, metrics.jsonl: every step once, its evaluations, continued across a kill and a resume."""
 
+import io
 import json
 import os
 import re
@@ -11,6 +12,7 @@ from datetime import datetime
 import pytest
 from structlog.testing import capture_logs
 
+from cllm.coord.logs import configure
 from cllm.coord.training.history import FILE, History
 from cllm.coord.training.hooks import Hook, Hooks
 
@@ -94,6 +96,7 @@ def test_a_full_disk_loses_lines_whole_and_never_ends_the_run(tmp_path):
                     f.write(b"\0" * 512)
             except OSError:
                 pass
+        configure("json", "info", stream=io.StringIO())  # whatever level an earlier test left
         with capture_logs() as logged:
             take_steps(hooks, range(6, 40), checkpoint={20})
             filler.unlink()
@@ -104,7 +107,7 @@ def test_a_full_disk_loses_lines_whole_and_never_ends_the_run(tmp_path):
         steps = [json.loads(line)["step"] for line in lines]  # every line whole
         assert steps[:5] == [1, 2, 3, 4, 5] and steps[-5:] == [40, 41, 42, 43, 44] and len(steps) < 44
     finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)
 
 
 def test_a_killed_and_resumed_run_has_every_step_once(tmp_path):

@@ -101,12 +101,15 @@ def test_log_lines_print_above_the_bar_which_goes_on_sigint(tmp_path):
 
     bars = [i for i, s in enumerate(terminal.drawn) if BAR.match(s)]
     assert bars, "no progress bar was drawn"
-    # every line the cursor left is a whole log line: the bar never shares one, nor is cut by one
-    assert all(LOG_LINE.match(line) or line == "" for line in terminal.finished), \
-        [line for line in terminal.finished if not LOG_LINE.match(line)][:3]
-    evals = [line for line in terminal.finished if "] eval " in line]
+    # every line the cursor left is a whole log line: the bar never shares one, nor is cut by one; then
+    # the commands to try next
+    *logged, sample, plot = terminal.finished
+    assert all(LOG_LINE.match(line) or line == "" for line in logged), \
+        [line for line in logged if not LOG_LINE.match(line)][:3]
+    assert sample.startswith("Sample from it: cllm generate ") and plot.startswith("Plot its loss:  cllm plot ")
+    evals = [line for line in logged if "] eval " in line]
     assert len(evals) >= 2 and all(re.search(r"step=\d+ val_loss=[\d.]+ val_perplexity", e) for e in evals)
-    assert "stopped=SIGINT" in terminal.finished[-2] + terminal.finished[-1] + terminal.line()
+    assert any("stopped=SIGINT" in line for line in logged[-3:])
     # the bar went away: nothing of it is left on the screen
     assert not [line for line in terminal.lines() if "step/s" in line or "%|" in line]
     # the ETA came from a measured rate: never 00:00 while steps remained, and the percentage matched the step
