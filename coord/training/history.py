@@ -102,12 +102,16 @@ def kept_lines(path: Path, step: int) -> tuple:
 def rewrite(path: Path, records: list) -> None:
     """Replace ``path`` with ``records``, atomically: a scratch file, fsynced, renamed over it."""
     scratch = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(scratch, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(scratch, path)
+    try:
+        with open(scratch, "w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(scratch, path)
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
 
 
 class History:
