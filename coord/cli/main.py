@@ -32,17 +32,21 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except UserError as error:
-        print(f"cllm: error: {error}", file=sys.stderr)
-        return 2
-    except RunFailed as error:
-        print(f"cllm: run failed: {error}", file=sys.stderr)
-        return 1
-    except OperationalError as error:
-        print(f"cllm: error: {error}", file=sys.stderr)
-        return 1
+    except (UserError, RunFailed, OperationalError) as error:
+        return report(error)
     except KeyboardInterrupt:
         print("cllm: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:
         return 0
+
+
+def report(error: Exception) -> int:
+    """One line on standard error for an error that ends a command; its exit status. A line break in the
+    message (a path or a value given with one) is written as \\n, so that the line stays one."""
+    text = str(error).replace("\r", "\\r").replace("\n", "\\n")
+    if isinstance(error, UserError):
+        print(f"cllm: error: {text}", file=sys.stderr)
+        return 2
+    print(f"cllm: {'run failed' if isinstance(error, RunFailed) else 'error'}: {text}", file=sys.stderr)
+    return 1
