@@ -16,20 +16,18 @@ from .vecmath import exp
 CHUNK_ROWS = 256
 
 
-LANES = 16
-
-
 @kernel
 def row_max(row):
-    # the largest entry of row (V,), for a numerically safe softmax. Sixteen running maxima,
-    # one per lane, vectorise (a single running max is a reduction LLVM will not reorder)
+    # the largest entry of row (V,), for a numerically safe softmax. Eight running maxima in
+    # registers, independent chains the CPU overlaps (one running max is a chain of dependent
+    # compares LLVM will not reorder; maxima kept in an array go through memory each time)
     V = row.shape[0]
-    lanes = np.full(LANES, row[0])
-    for j in range(0, V - V % LANES, LANES):
-        for k in range(LANES):
-            lanes[k] = max(lanes[k], row[j + k])
-    mx = lanes.max()
-    for j in range(V - V % LANES, V):
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
+    for j in range(0, V - V % 8, 8):
+        m0, m1, m2, m3 = max(m0, row[j]), max(m1, row[j + 1]), max(m2, row[j + 2]), max(m3, row[j + 3])
+        m4, m5, m6, m7 = max(m4, row[j + 4]), max(m5, row[j + 5]), max(m6, row[j + 6]), max(m7, row[j + 7])
+    mx = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    for j in range(V - V % 8, V):
         mx = max(mx, row[j])
     return mx
 
