@@ -15,14 +15,14 @@ def add_parser(commands) -> None:
     p = commands.add_parser("eval", help="loss and perplexity of a checkpoint on a corpus")
     p.add_argument("checkpoint", type=Path, help="a checkpoint directory, or a run directory (its latest)")
     p.add_argument("data", type=Path, help="a text file, a directory tree, a .jsonl file or SQuAD JSON")
-    p.add_argument("--batch-size", type=positive_int, default=16, help="(default: %(default)s)")
-    p.add_argument("--max-batches", type=positive_int, default=50, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=positive_int, default=16, help="sequences per batch")
+    p.add_argument("--max-batches", type=positive_int, default=50, help="batches scored, spread across the corpus")
     p.add_argument("--split", choices=("all", "val"), default="all",
-                   help="all: windows across the whole corpus; val: its validation split only (default: %(default)s)")
+                   help="all: windows across the whole corpus; val: its validation split only")
     p.add_argument("--include", action="append", help="glob of files to read in a directory (repeatable)")
     p.add_argument("--exclude", action="append", help="glob of files to skip in a directory (repeatable)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                   help="where tokenized corpora are cached (default: %(default)s)")
+                   help="where tokenized corpora are cached")
     p.set_defaults(run=run)
 
 

@@ -4,23 +4,35 @@ import argparse
 import sys
 
 from ..errors import OperationalError, RunFailed, UserError
+from ..logs import is_journal
 from ..signals import leave
 from . import ctl, evaluate, generate, serve, train
+from .options import DefaultsFormatter, version_line
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line and exit status 2."""
+    """argparse that reports a bad command line as one line and exit status 2, and shows every
+    option's default in its help."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=DefaultsFormatter, **kwargs)
 
     def error(self, message):
-        raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise UserError(f"{message} (see '{self.prog} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cllm", description="Train GPT-style language models on CPUs.")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in (train, generate, evaluate, serve, ctl):
         command.add_parser(commands)
     return parser
+
+
+def report(message: str, priority: int = 3) -> None:
+    """The one line that says why cllm stops, with its syslog priority when standard error is the journal."""
+    print(f"{f'<{priority}>' if is_journal(sys.stderr) else ''}cllm: {message}", file=sys.stderr)
 
 
 def entry() -> int:
@@ -33,16 +45,16 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
         return args.run(args)
     except UserError as error:
-        print(f"cllm: error: {error}", file=sys.stderr)
+        report(f"error: {error}")
         return 2
     except RunFailed as error:
-        print(f"cllm: run failed: {error}", file=sys.stderr)
+        report(f"run failed: {error}")
         return 1
     except OperationalError as error:
-        print(f"cllm: error: {error}", file=sys.stderr)
+        report(f"error: {error}")
         return 1
     except KeyboardInterrupt:
-        print("cllm: interrupted", file=sys.stderr)
+        report("interrupted", priority=6)
         return 130
     except BrokenPipeError:
         return 0

@@ -38,7 +38,7 @@ from .health import HealthMonitor
 from ..signals import StopSignals, stop_grace
 from ..training.hooks import Hook
 from .jobs import JobStore
-from ..logs import configure
+from ..logs import configure, iso_time
 from .notify import Notifier, WatchdogGate
 from ..training.config import with_values
 from ..training.run import open_run
@@ -278,7 +278,7 @@ class Service:
         t = self.trainer
         status = {"pid": os.getpid(), "state": "stopping" if self.stopping else "idle" if t is None else
                   t.node.control.state.name.lower(), "job": self.job.id if self.job else None,
-                  "time": time.time()}
+                  "time": iso_time(time.time())}
         paused = self.jobs.paused()
         if t is None and paused:  # why nothing trains
             status.update(state="paused", job=paused[0].id, reason=paused[0].detail)

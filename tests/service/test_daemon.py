@@ -169,7 +169,7 @@ def test_submitted_jobs_survive_a_restart_and_sighup_reloads(tmp_path):
         daemon.wait_for_step(5)
         env = {**os.environ}
         out = subprocess.run([sys.executable, "-m", "cllm.coord", "ctl", "submit", str(job), "--socket",
-                              str(daemon.socket)], capture_output=True, text=True, env=env, timeout=60)
+                              str(daemon.socket), "--json"], capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["id"] == "job-1"
         refused = subprocess.run([sys.executable, "-m", "cllm.coord", "ctl", "submit", str(bad), "--socket",
