@@ -1,4 +1,4 @@
-"""The ``cllm`` command line: train, generate, eval, serve, ctl; each command in its own module."""
+"""The ``cllm`` command line: train, generate, eval, plot, serve, ctl; each command in its own module."""
 
 import argparse
 import sys
@@ -6,7 +6,7 @@ import sys
 from ..errors import OperationalError, RunFailed, UserError
 from ..logs import is_journal
 from ..signals import leave
-from . import ctl, evaluate, generate, serve, train
+from . import ctl, evaluate, generate, plot, serve, train
 from .options import DefaultsFormatter, version_line
 
 
@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cllm", description="Train GPT-style language models on CPUs.")
     parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for command in (train, generate, evaluate, serve, ctl):
+    for command in (train, generate, evaluate, plot, serve, ctl):
         command.add_parser(commands)
     return parser
 

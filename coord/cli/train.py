@@ -141,9 +141,9 @@ def run(args) -> int:
         saved = load_training_state(resumed.path)
     config = config_from(args, resumed, saved)
     as_json = configure(args.log_format, args.log_level)
-    if not as_json and args.log_interval is None:  # the progress bar shows every step
-        config = with_values(config, {"log_interval": 0})
     progress = ProgressBar if not as_json and sys.stderr.isatty() else None
+    if progress and args.log_interval is None:  # the bar shows every step; --log-interval adds step events above it
+        config = with_values(config, {"log_interval": 0})
     trainer = open_run(config, resumed, saved, progress=progress, overwrite=args.overwrite)
 
     async def train():

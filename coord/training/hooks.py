@@ -3,8 +3,7 @@
     hooks = Hooks()
     hooks.on(Hook.WEIGHT_UPDATE, lambda info: print(info["step"], info["loss"]))
 
-A callback receives one dict of the event's fields. The eight points are those of the
-original design; each fires at the moment its name says:
+A callback receives one dict of the event's fields. Each point fires at the moment its name says:
 
     EPOCH_START    before the first step of an epoch           epoch, step
     EPOCH_END      after the last step of an epoch             epoch, step
@@ -12,6 +11,7 @@ original design; each fires at the moment its name says:
     BATCH_END      the step is over (applied or skipped)       step, loss, grad_norm, tokens, seconds, applied
     GRADIENT_SYNC  the gradients are reduced at Node Zero      step, loss, grad_norm, tokens
     WEIGHT_UPDATE  the optimizer has changed the weights       step, lr
+    EVALUATED      the validation loss of a step is known      step, val_loss
     CHECKPOINT     a checkpoint is on disk                     step, path, best
     ERROR          a step failed or was skipped                step, error
 """
@@ -27,6 +27,7 @@ class Hook(Enum):
     BATCH_END = "batch_end"
     GRADIENT_SYNC = "gradient_sync"
     WEIGHT_UPDATE = "weight_update"
+    EVALUATED = "evaluated"
     CHECKPOINT = "checkpoint"
     ERROR = "error"
 

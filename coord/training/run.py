@@ -7,9 +7,11 @@ from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 from ..checkpoints.run_dir import claim_run_dir
 from ..checkpoints.store import load_checkpoint
 from ..data.dataset import prepare_dataset
+from ..distributed.launch import detect
 from ..errors import UserError
 from ..nodezero.node_zero import usable_cores
 from .config import RunConfig, with_values
+from .history import History
 from .optimizer import Optimizer
 from .trainer import RunState, Trainer, check_memory, restore_state
 
@@ -22,7 +24,7 @@ def open_run(config: RunConfig, resumed=None, training_state=None, progress=None
     model directory ``init_from`` (its shape, weights and tokenizer), or from a new model.
     ``progress`` makes a progress bar from the step count. The run directory is claimed first
     (locked, proven writable, another run's refused unless ``overwrite``), and taken only once
-    everything else is checked."""
+    everything else is checked. Rank 0 (or a run alone) writes the run's history, metrics.jsonl."""
     run_dir = claim_run_dir(config.checkpoints.dir, resumed.path if resumed else None, overwrite)
     try:
         trainer = prepare(config, resumed, training_state, progress)
@@ -31,6 +33,10 @@ def open_run(config: RunConfig, resumed=None, training_state=None, progress=None
         run_dir.abandon()
         raise
     trainer.run_directory = run_dir
+    launch = detect()
+    if launch is None or launch.rank == 0:
+        trainer.history = History(trainer.run_dir, trainer.state.step if resumed else None)
+        trainer.history.attach(trainer.hooks)
     return trainer
 
 

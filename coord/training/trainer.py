@@ -102,6 +102,7 @@ class Trainer:
         self.resumed = asyncio.Event()
         self.on_idle = None  # called about once a second while paused (the daemon's watchdog)
         self.run_directory = None  # the claimed run directory, released when the run ends
+        self.history = None  # metrics.jsonl's writer (coord/training/history.py), closed when the run ends
 
     async def run(self) -> dict:
         c = self.config
@@ -115,6 +116,10 @@ class Trainer:
                 summary = await self.loop()
             finally:
                 await self.node.close()
+                if self.progress is not None:
+                    self.progress.close()
+                if self.history is not None:
+                    self.history.close()
                 if self.run_directory is not None:
                     self.run_directory.release()
                 for future in list(self.waiting.values()) + [self.pause_wanted]:
@@ -253,6 +258,7 @@ class Trainer:
             s.best_val, s.best_step, s.evals_since_best = val_loss, s.step, 0
         else:
             s.evals_since_best += 1
+        self.hooks.fire(Hook.EVALUATED, step=s.step, val_loss=val_loss)
         log.info("eval", step=s.step, val_loss=round(val_loss, 6), val_perplexity=round(math.exp(min(val_loss, 700)), 4),
                  best_val_loss=round(s.best_val, 6))
         return val_loss
