@@ -141,7 +141,7 @@ def merge_job(config: ServiceConfig, overrides: Mapping, where: str = "job") -> 
         raise UserError(f"{where}: a job is a table of [data], [model] and [training] keys")
     for table in overrides:
         if table not in JOB_TABLES:
-            raise UserError(f"{where}: unknown table [{table}]; a job may set: {', '.join(JOB_TABLES)}")
+            raise UserError(f"{where}: unknown table [{spelled(table)}]; a job may set: {', '.join(JOB_TABLES)}")
     values = confined(parse_run(overrides, JOB_TABLES, where, config.source.parent, config.service.state_dir / "cache"),
                       config, where)
     merged = dataclasses.replace(config, run=with_values(config.run, values))
@@ -216,10 +216,16 @@ def read_toml(path: Path) -> dict:
         raise UserError(f"{path}: invalid TOML: arrays or tables nested too deeply; fix the file") from None
 
 
+def spelled(key: str) -> str:
+    """A key for a one-line message: as written, or quoted with escapes when it holds a newline or such."""
+    return key if key.isprintable() else show(key)
+
+
 def check_tables(raw: dict, where: str) -> None:
     for table, value in raw.items():
         if table not in TABLES:
-            what = f"unknown table [{table}]" if isinstance(value, dict) else f"key {table} outside any table"
+            what = (f"unknown table [{spelled(table)}]" if isinstance(value, dict)
+                    else f"key {spelled(table)} outside any table")
             raise UserError(f"{where}: {what}; allowed tables: {', '.join(TABLES)}")
 
 
@@ -240,7 +246,8 @@ def parse_run(raw: Mapping, tables, where: str, base: Path, default_cache: Path,
             if key not in allowed:
                 if table in OWN_TABLES and key in {f.name for f in dataclasses.fields(OWN_TABLES[table])}:
                     continue
-                raise UserError(f"{where}: unknown key [{table}] {key}; allowed: {', '.join(keys_of(table, keys))}")
+                raise UserError(f"{where}: unknown key [{table}] {spelled(key)}; allowed: "
+                                f"{', '.join(keys_of(table, keys))}")
             values[key] = convert(allowed[key], value, f"{where}: [{table}] {key}")
     for key in ("path", "init_from"):
         if key in values:
@@ -260,7 +267,7 @@ def parse_own(table: str, raw, where: str) -> dict:
         if key in RUN_KEYS[table]:  # [service] step_timeout is a run setting
             continue
         if key not in fields:
-            raise UserError(f"{where}: unknown key [{table}] {key}; allowed: {', '.join(keys_of(table))}")
+            raise UserError(f"{where}: unknown key [{table}] {spelled(key)}; allowed: {', '.join(keys_of(table))}")
         s = next(d for d in declared(OWN_TABLES[table]) if d.name == key)
         values[key] = convert(s, value, f"{where}: [{table}] {key}")
     return values

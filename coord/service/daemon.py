@@ -111,6 +111,7 @@ class Service:
             except TimeoutError:
                 pass
             self.watchdog.progress()  # nothing to train is not a stuck training
+            self.follow_metrics()
 
     async def run_job(self, job) -> None:
         c = self.config
@@ -134,7 +135,9 @@ class Service:
             return
         self.job = job
         self.jobs.set(job, "running")
+        self.last_status = {}
         self.attach(self.trainer)
+        self.follow_metrics()
         log.info("job_started", job=job.id, run_dir=str(run_dir), step=self.trainer.state.step)
         monitor = asyncio.create_task(self.health.watch())
         try:
@@ -155,14 +158,25 @@ class Service:
         finally:
             monitor.cancel()
             self.trainer, self.job = None, None
+            self.follow_metrics()
 
     def pause_job(self, job, error: OperationalError) -> None:
         log.error("job_paused", job=job.id, error=str(error), action="fix the cause, then 'cllm ctl resume' or restart")
         self.jobs.set(job, "paused", str(error))
+        self.follow_metrics()
+
+    def follow_metrics(self) -> None:
+        """Metrics of what `cllm ctl status` and `jobs` tell: step, epoch, paused, the job, the queue."""
+        if self.metrics is not None:
+            self.metrics.follow(self.status(), self.jobs.listing())
 
     def attach(self, trainer) -> None:
         """Hooks that report a run's progress to systemd, metrics and the health monitor."""
-        trainer.on_idle = self.watchdog.progress  # paused on purpose is not stuck
+        def paused():
+            self.watchdog.progress()  # paused on purpose is not stuck
+            self.follow_metrics()
+
+        trainer.on_idle = paused
         health = HealthMonitor(trainer.node, self.config.service.stall_timeout, self.config.service.memory_limit_mb,
                                on_memory=lambda: trainer.request_stop("memory"))
         self.health = health
@@ -170,8 +184,7 @@ class Service:
         def step_done(info):
             self.watchdog.progress()
             health.loss(info["step"], info["loss"])
-            self.last_status = {"step": info["step"], "loss": info["loss"],
-                                "tokens_per_s": info["tokens"] / info["seconds"]}
+            self.last_status.update(step=info["step"], loss=info["loss"], tokens_per_s=info["tokens"] / info["seconds"])
             self.notifier.status(f"step {info['step']} loss {info['loss']:.4f} "
                                  f"{self.last_status['tokens_per_s']:.0f} tok/s")
             if self.metrics is not None:
@@ -179,8 +192,10 @@ class Service:
                 self.metrics.set_workers(trainer.node.n_workers)
                 if trainer.last_val_loss is not None:
                     self.metrics.observe_eval(trainer.last_val_loss)
+                self.follow_metrics()
 
         def batch_start(info):
+            self.last_status["epoch"] = info["epoch"]
             self.set_ready(f"training {self.job.id if self.job else ''} from step {info['step']}")
 
         trainer.hooks.on(Hook.BATCH_END, step_done)
