@@ -252,9 +252,15 @@ def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | N
     return hidden(w, acts, tokens, drop) @ w.head.T
 
 
+def scores(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> tuple:
+    """Forward only (no dropout): (sum over the B*T positions of the cross-entropy, positions whose
+    target is the likeliest token)."""
+    return head_loss(hidden(w, acts, tokens), w.head, targets.reshape(-1), acts.logits)
+
+
 def loss_sum(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> float:
     """Sum over the B*T positions of the cross-entropy, forward only (no dropout)."""
-    return head_loss(hidden(w, acts, tokens), w.head, targets.reshape(-1), acts.logits)
+    return scores(w, acts, tokens, targets)[0]
 
 
 def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray,
