@@ -112,3 +112,23 @@ def test_no_daemon_at_the_default_socket_is_one_line(tmp_path):
         pytest.skip("a system daemon's socket is on this machine")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert f"no daemon answers at {tmp_path}/cllm/control.sock" in result.stderr
+
+
+def test_stats_of_ranks_show_each_rank_with_its_communication_time():
+    from cllm.coord.cli.ctl_view import show
+
+    def worker(sphere, busy):
+        return {"sphere": sphere, "batches": 4, "tokens": 128, "busy_s": busy, "waiting_s": 1.0 - busy, "children": []}
+
+    stats = {"ranks": 2, "batches": 16, "tokens": 512, "busy_s": 2.5, "waiting_s": 1.5, "communication_s": 0.8,
+             "children": [{"rank": r, "batches": 8, "tokens": 256, "busy_s": 1.25, "waiting_s": 0.75,
+                           "communication_s": 0.4, "children": [worker(1, 0.75), worker(2, 0.5)]} for r in (0, 1)]}
+    assert show("stats", stats).splitlines() == [
+        "2 ranks         batches       16  tokens          512  busy  62.5%  waiting  37.5%  communication 0.8s",
+        "├─ rank 0       batches        8  tokens          256  busy  62.5%  waiting  37.5%  communication 0.4s",
+        "│  ├─ worker 1  batches        4  tokens          128  busy  75.0%  waiting  25.0%",
+        "│  └─ worker 2  batches        4  tokens          128  busy  50.0%  waiting  50.0%",
+        "└─ rank 1       batches        8  tokens          256  busy  62.5%  waiting  37.5%  communication 0.4s",
+        "   ├─ worker 1  batches        4  tokens          128  busy  75.0%  waiting  25.0%",
+        "   └─ worker 2  batches        4  tokens          128  busy  50.0%  waiting  50.0%",
+    ]
