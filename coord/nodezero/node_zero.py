@@ -25,6 +25,7 @@ from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
+from ..errors import RunFailed
 from ..training.optimizer import Optimizer, split_range
 from .sphere import Sphere, build_tree
 from .states import CONTROL_TRANSITIONS, ControlState, SphereState, StateMachine
@@ -40,8 +41,9 @@ NOTICES = {M.EPOCH_START, M.EPOCH_COMPLETE, M.BOUNDARY_CROSSING, M.BOUNDARY_REGI
            M.TWIN_PRIME_HIT}
 
 
-class StepFailed(RuntimeError):
-    """A step could not complete: a worker raised or did not answer in time."""
+class StepFailed(RunFailed):
+    """A step, an evaluation or a change of the tree could not complete: a worker raised or did not answer in
+    time. The run cannot go on; its last checkpoint is where it resumes."""
 
     def __init__(self, message: str, timed_out: bool = False):
         super().__init__(message)
@@ -145,7 +147,8 @@ class NodeZero:
     async def stop_spheres(self, kind: M, payload) -> None:
         for child in self.tree.children:
             self.send(kind, child, payload)
-        await self.collect(lambda m: m.type is M.SHUTDOWN_ACK, len(self.tasks), "spheres to stop")
+        # a failed step's late error reports may still come in: they no longer matter to spheres that stop
+        await self.collect(lambda m: m.type is M.SHUTDOWN_ACK, len(self.tasks), "spheres to stop", errors_fail=False)
         await asyncio.wait_for(asyncio.gather(*self.tasks.values(), return_exceptions=True), self.step_timeout)
         self.tasks.clear()
         # a thread stuck in a kernel (its step already failed by the timeout) cannot be joined: the pool's
@@ -170,8 +173,9 @@ class NodeZero:
         if not to.inbox.put(message):
             raise StepFailed(f"sphere {to.id}'s inbox is full")
 
-    def post_root(self, kind: M, payload, sender: int) -> None:
-        self.tree.inbox.put(make(kind, sender, ROOT, payload))
+    async def post_root(self, kind: M, payload, sender: int) -> None:
+        """A sphere's message straight to Node Zero, waiting for room while Node Zero's inbox is full."""
+        await self.tree.inbox.deliver(make(kind, sender, ROOT, payload), self.step_timeout)
 
     async def collect(self, wanted, count: int, what: str, errors_fail: bool = True) -> list:
         """Await ``count`` root messages matching ``wanted``; a worker's error fails the step.
@@ -205,14 +209,15 @@ class NodeZero:
         """A control request (stop, stats, resize, checkpoint) from the event loop's thread, taken at the
         next step boundary."""
         message = make(kind, sender, ROOT, payload, priority)
-        self.tree.inbox.put(message)
+        if not self.tree.inbox.put(message):
+            raise RuntimeError(f"Node Zero's inbox is full ({len(self.tree.inbox)} messages); try again")
         return message
 
     def take_requests(self) -> list:
         """Control requests waiting at the step boundary, highest priority first."""
         waiting = self.deferred
         self.deferred = []
-        while (message := self.tree.inbox.mailbox.get()) is not None:
+        while (message := self.tree.inbox.take()) is not None:
             if message.type in CONTROL:
                 waiting.append(message)
         return sorted(waiting, key=lambda m: -m.priority)
@@ -427,7 +432,7 @@ class NodeZero:
             raise
         except Exception as error:
             log.error("sphere_crashed", sphere=sphere.id, error_type=type(error).__name__, error=str(error))
-            self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=self.optimizer.step, sphere=sphere.id,
+            await self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=self.optimizer.step, sphere=sphere.id,
                                                           error_type=type(error).__name__,
                                                           message=str(error) or repr(error)), sphere.id)
 
@@ -447,7 +452,7 @@ class NodeZero:
                     self.send(M.PARENT_SYNC, child, pl.ParentSync(step=p.step, parent=sphere.id), sphere.id)
                 self.introduce(sphere)
                 if sphere.is_worker:
-                    self.post_root(M.WEIGHTS_REQUEST, pl.WeightsRequest(step=p.step), sphere.id)
+                    await self.post_root(M.WEIGHTS_REQUEST, pl.WeightsRequest(step=p.step), sphere.id)
             elif kind is M.SIBLING_DISCOVER:
                 sphere.group, sphere.siblings = p.group, list(p.siblings)
             elif kind in NOTICES:
@@ -459,7 +464,7 @@ class NodeZero:
             elif kind is M.WORK_OFFER:
                 await self.run_offer(sphere, message)
             elif kind is M.WEIGHTS_BROADCAST:
-                self.post_root(M.WORK_REQUEST, pl.WorkRequest(worker=sphere.worker_index,
+                await self.post_root(M.WORK_REQUEST, pl.WorkRequest(worker=sphere.worker_index,
                                                               capacity=self.n_workers), sphere.id)
             elif kind is M.BATCH_START and sphere.is_worker:
                 await self.run_micro_batch(sphere, p)
@@ -489,7 +494,7 @@ class NodeZero:
             elif kind is M.STATS_REQUEST:
                 stats_wait = []
                 if sphere.is_worker:
-                    self.reply_up(sphere, M.STATS_REPORT, sphere_report(sphere, []))
+                    await self.reply_up(sphere, M.STATS_REPORT, sphere_report(sphere, []))
                 else:
                     for child in sphere.children:
                         self.send(M.STATS_REQUEST, child, p, sphere.id)
@@ -497,19 +502,19 @@ class NodeZero:
                 stats_wait.append(message)
                 if len(stats_wait) == len(sphere.children):
                     children = [r.payload for r in sorted(stats_wait, key=lambda r: r.sender)]
-                    self.reply_up(sphere, M.STATS_REPORT, sphere_report(sphere, children))
+                    await self.reply_up(sphere, M.STATS_REPORT, sphere_report(sphere, children))
             elif kind in (M.SHUTDOWN_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE):
                 for child in sphere.children:
                     self.send(kind, child, p, sphere.id)
                 sphere.machine.to(SphereState.TERMINATING)
                 sphere.machine.to(SphereState.TERMINATED)
-                self.post_root(M.SHUTDOWN_ACK, pl.ShutdownAck(sphere=sphere.id), sphere.id)
+                await self.post_root(M.SHUTDOWN_ACK, pl.ShutdownAck(sphere=sphere.id), sphere.id)
                 return
 
     async def relay_up(self, sphere: Sphere, message: Message, kind: M) -> None:
         """Pass ``kind`` down to the children, wait for all of their answers, then answer the parent."""
         if not sphere.children:
-            self.reply_up(sphere, kind, message.payload)
+            await self.reply_up(sphere, kind, message.payload)
             return
         for child in sphere.children:
             self.send(kind, child, message.payload, sphere.id)
@@ -519,7 +524,7 @@ class NodeZero:
             if reply.type is kind:
                 answers += 1
         sphere.inbox.drop(GRADIENTS)
-        self.reply_up(sphere, kind, message.payload)
+        await self.reply_up(sphere, kind, message.payload)
 
     def introduce(self, sphere: Sphere) -> None:
         """SIBLING_DISCOVER: tell each child its symmetry group and the spheres beside it."""
@@ -531,10 +536,10 @@ class NodeZero:
         """WORK_OFFER to a worker: forward-only rows, answered by BATCH_COMPLETE (or WORK_REJECT)."""
         p = message.payload
         if sphere.state not in (SphereState.READY, SphereState.WAITING):  # WAITING: the weights are already updated
-            self.post_root(M.WORK_REJECT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch,
+            await self.post_root(M.WORK_REJECT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch,
                                                        reason=f"sphere is {sphere.state.name}"), sphere.id)
             return
-        self.post_root(M.WORK_ACCEPT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch, reason=""), sphere.id)
+        await self.post_root(M.WORK_ACCEPT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch, reason=""), sphere.id)
         sphere.machine.to(SphereState.PROCESSING)
         tokens, targets, _, _ = self.batch
         loop = asyncio.get_running_loop()
@@ -544,19 +549,19 @@ class NodeZero:
                 targets[p.row_start:p.row_stop]), self.step_timeout)
         except Exception as error:
             sphere.machine.to(SphereState.READY)
-            self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=self.optimizer.step, sphere=sphere.id,
+            await self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=self.optimizer.step, sphere=sphere.id,
                                                           error_type=type(error).__name__,
                                                           message=str(error) or repr(error)), sphere.id)
             return
         sphere.machine.to(SphereState.READY)
-        self.post_root(M.BATCH_COMPLETE, pl.BatchComplete(step=p.step, micro_batch=p.micro_batch,
+        await self.post_root(M.BATCH_COMPLETE, pl.BatchComplete(step=p.step, micro_batch=p.micro_batch,
                                                           tokens=(p.row_stop - p.row_start) * tokens.shape[1],
                                                           loss_sum=loss_sum, busy_s=busy), sphere.id)
 
-    def reply_up(self, sphere: Sphere, kind: M, payload) -> None:
+    async def reply_up(self, sphere: Sphere, kind: M, payload) -> None:
+        """A sphere's answer to its parent, waiting for room while the parent's inbox is full."""
         parent = sphere.parent
-        message = make(kind, sphere.id, parent.id, payload)
-        parent.inbox.put(message)
+        await parent.inbox.deliver(make(kind, sphere.id, parent.id, payload), self.step_timeout)
 
     async def run_micro_batch(self, sphere: Sphere, p) -> None:
         """A worker's BATCH_START: its rows' forward and backward on a pool thread, then GRADIENT_READY."""
@@ -573,7 +578,7 @@ class NodeZero:
         except Exception as error:  # reported, never raised through the event loop
             if sphere.state is SphereState.PROCESSING:
                 sphere.machine.to(SphereState.READY)
-            self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=p.step, sphere=sphere.id,
+            await self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=p.step, sphere=sphere.id,
                                                           error_type=type(error).__name__,
                                                           message=str(error) or repr(error)), sphere.id)
             return
@@ -584,7 +589,7 @@ class NodeZero:
         stats.busy_s += busy
         stats.waiting_s += max(0.0, time.perf_counter() - waited - busy)
         sphere.machine.to(SphereState.WAITING)
-        self.reply_up(sphere, M.GRADIENT_READY, pl.GradientReady(
+        await self.reply_up(sphere, M.GRADIENT_READY, pl.GradientReady(
             step=p.step, micro_batch=p.micro_batch, tokens=n_tokens, loss_sum=loss_sum, busy_s=busy,
             grad_segment=p.grad_segment))
 
@@ -599,7 +604,7 @@ class NodeZero:
             _, _, reduce_s = await self.reduce(rows, self.grad_buffers[own], in_place=False)
         sphere.machine.to(SphereState.WAITING)
         ref = pl.BufferRef(name="grad_buffers", offset=own * self.layout.size, length=self.layout.size)
-        self.reply_up(sphere, M.GRADIENT_ACCUMULATE, pl.GradientAccumulate(
+        await self.reply_up(sphere, M.GRADIENT_ACCUMULATE, pl.GradientAccumulate(
             step=step, group=sphere.id, sources=[r.sender for r in reports], tokens=sum(r.payload.tokens for r in reports),
             loss_sum=sum(r.payload.loss_sum for r in reports), busy_s=max(r.payload.busy_s for r in reports) + reduce_s,
             result=ref))

@@ -18,38 +18,54 @@ INBOX_CAPACITY = 1024
 
 
 class Inbox:
-    """A sphere's bounded four-priority mailbox with asyncio wake-ups (event loop thread only)."""
+    """A sphere's bounded four-priority mailbox with asyncio wake-ups (event loop thread only).
+
+    Nothing that must arrive is dropped: a sender that may wait (a sphere answering up the tree)
+    awaits ``deliver``, which holds it until the receiver has taken messages and made room; a sender
+    that may not (Node Zero between its own awaits) calls ``put`` and acts on a refusal.
+    """
 
     def __init__(self, capacity: int = INBOX_CAPACITY):
         self.mailbox = Mailbox(capacity)
         self.ready = asyncio.Event()
+        self.room = asyncio.Event()
 
     def put(self, message) -> bool:
+        """Queue ``message``; False, with nothing queued, when the mailbox has no room at its level."""
         accepted = self.mailbox.put(message)
         if accepted:
             self.ready.set()
         return accepted
 
+    async def deliver(self, message, timeout: float) -> None:
+        """Queue ``message``, waiting while the mailbox is full; TimeoutError after ``timeout`` seconds."""
+        async with asyncio.timeout(timeout):
+            while not self.put(message):
+                self.room.clear()
+                await self.room.wait()
+
     async def get(self, timeout: float):
         """The highest-priority message; TimeoutError after ``timeout`` seconds with none."""
         async with asyncio.timeout(timeout):
             while True:
-                message = self.mailbox.get()
+                message = self.take()
                 if message is not None:
                     return message
                 self.ready.clear()
                 await self.ready.wait()
 
+    def take(self):
+        """The highest-priority message waiting, or None."""
+        message = self.mailbox.get()
+        if message is not None:
+            self.room.set()
+        return message
+
     def drop(self, kinds: set) -> int:
         """Remove every waiting message of the given types (stale answers of a failed step)."""
-        kept, dropped = [], 0
-        while (message := self.mailbox.get()) is not None:
-            if message.type in kinds:
-                dropped += 1
-            else:
-                kept.append(message)
-        for message in kept:
-            self.mailbox.put(message)
+        dropped = self.mailbox.discard(lambda message: message.type in kinds)
+        if dropped:
+            self.room.set()
         return dropped
 
     def __len__(self) -> int:
