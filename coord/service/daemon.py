@@ -106,12 +106,12 @@ class Service:
         self.set_ready("idle: no queued job")
         self.wake.clear()
         while not self.stopping and self.jobs.next() is None:
+            self.follow_metrics()
             try:
                 await asyncio.wait_for(self.wake.wait(), 1.0)
             except TimeoutError:
                 pass
             self.watchdog.progress()  # nothing to train is not a stuck training
-            self.follow_metrics()
 
     async def run_job(self, job) -> None:
         c = self.config

@@ -59,8 +59,8 @@ class Daemon:
 
     def __init__(self, config: Path, env=None):
         self.config = config
-        self.socket = next((Path(line.split('"')[1]) for line in config.read_text().splitlines()
-                            if line.startswith("socket")), None)  # None: the default socket
+        self.socket = Path(next(line.split('"')[1] for line in config.read_text().splitlines()
+                                if line.startswith("socket")))
         self.process = subprocess.Popen([sys.executable, "-m", "cllm.coord", "serve", "--config", str(config)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, **(env or {})})

@@ -22,7 +22,8 @@ def daemon(tmp_path_factory):
     """A daemon whose configuration names no socket, in a user's runtime directory."""
     directory = tmp_path_factory.mktemp("ctl")
     config = write_config(directory)
-    config.write_text("\n".join(line for line in config.read_text().splitlines() if not line.startswith("socket")))
+    config.write_text("\n".join('socket = ""' if line.startswith("socket") else line  # "": the default
+                                for line in config.read_text().splitlines()))
     runtime = Path(tempfile.mkdtemp(dir="/tmp"))  # AF_UNIX paths must be short
     env = {k: v for k, v in os.environ.items() if k not in ("RUNTIME_DIRECTORY", "INVOCATION_ID")}
     env["XDG_RUNTIME_DIR"] = str(runtime)
