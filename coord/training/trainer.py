@@ -11,7 +11,7 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ class RunState:
     best_step: int = 0
     evals_since_best: int = 0
     bad_in_row: int = 0
-    plateau: Plateau = field(default_factory=Plateau)
+    plateau: Plateau = dataclasses.field(default_factory=Plateau)
 
     def saved(self) -> np.ndarray:
         """The checkpoint's run_state: 8 numbers (a checkpoint before the plateau schedule has the first 5)."""
