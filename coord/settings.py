@@ -141,6 +141,13 @@ def show(value) -> str:
         return str(value)  # dates and times
 
 
+def printable(text) -> str:
+    """A name or path given by a user, for a one-line message: as it is, or quoted (JSON) when it holds
+    line breaks or other characters that do not print."""
+    text = str(text)
+    return text if text.isprintable() else json.dumps(text)
+
+
 def plain(value):
     """A setting's value as JSON keeps it."""
     if isinstance(value, Path):

@@ -47,6 +47,16 @@ class Mailbox:
                     return queue.popleft()
         return None
 
+    def discard(self, unwanted) -> int:
+        """Remove every waiting message for which ``unwanted(message)`` is true; returns how many."""
+        removed = 0
+        for level, queue in self._queues.items():
+            kept = deque(m for m in queue if not unwanted(m))
+            removed += len(queue) - len(kept)
+            self._queues[level] = kept
+        self._size -= removed
+        return removed
+
     def __len__(self) -> int:
         return self._size
 

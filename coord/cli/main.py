@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import traceback
 
 from ..errors import OperationalError, RunFailed, UserError
 from ..logs import is_journal
@@ -30,11 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def report(message: str, priority: int = 3) -> None:
-    """The one line that says why cllm stops, with its syslog priority when standard error is the journal."""
-    print(f"{f'<{priority}>' if is_journal(sys.stderr) else ''}cllm: {message}", file=sys.stderr)
-
-
 def entry() -> int:
     """The ``cllm`` program: ``main``, then an exit that does not wait for a pool thread stuck in a kernel."""
     return leave(main())
@@ -44,17 +40,45 @@ def main(argv=None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.run(args)
-    except UserError as error:
-        report(f"error: {error}")
-        return 2
-    except RunFailed as error:
-        report(f"run failed: {error}")
-        return 1
-    except OperationalError as error:
-        report(f"error: {error}")
-        return 1
+    except (UserError, RunFailed, OperationalError) as error:
+        return report(error)
     except KeyboardInterrupt:
-        report("interrupted", priority=6)
+        say("cllm: interrupted", 6)
         return 130
     except BrokenPipeError:
         return 0
+
+
+def as_rank(ranks, command) -> int:
+    """``command()`` as one rank of an MPI launch, then the ranks' closing barrier. An error that ends the
+    command on this rank ends every rank, after this rank's line, with its exit status: no rank is left
+    waiting in a collective for one that is gone."""
+    ranks.start()
+    try:
+        status = command()
+    except (UserError, RunFailed, OperationalError) as error:
+        ranks.fail(report(error))
+    except KeyboardInterrupt:
+        say("cllm: interrupted", 6)
+        ranks.fail(130)
+    except Exception:  # a bug: its traceback
+        traceback.print_exc()
+        ranks.fail(1)
+    ranks.close()
+    return status
+
+
+def report(error: Exception) -> int:
+    """One line on standard error for an error that ends a command; its exit status. A line break in the
+    message (a path or a value given with one) is written as \\n, so that the line stays one."""
+    text = str(error).replace("\r", "\\r").replace("\n", "\\n")
+    if isinstance(error, UserError):
+        say(f"cllm: error: {text}")
+        return 2
+    say(f"cllm: {'run failed' if isinstance(error, RunFailed) else 'error'}: {text}")
+    return 1
+
+
+def say(line: str, priority: int = 3) -> None:
+    """A line on standard error, with its syslog priority when standard error is the journal."""
+    print(f"<{priority}>{line}" if is_journal(sys.stderr) else line, file=sys.stderr)

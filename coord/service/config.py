@@ -20,7 +20,8 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..logs import LEVELS
-from ..settings import COUNT, FLAG, NAME, PATH, SECONDS, Rule, convert, declared, get, one_of, setting, show
+from ..settings import (COUNT, FLAG, NAME, PATH, SECONDS, Rule, convert, declared, get, one_of, printable, setting,
+                        show)
 from ..training.config import BY_NAME, DEFAULT_CACHE, SETTINGS, RunConfig, check, table_of, with_values
 
 
@@ -141,7 +142,7 @@ def merge_job(config: ServiceConfig, overrides: Mapping, where: str = "job") -> 
         raise UserError(f"{where}: a job is a table of [data], [model] and [training] keys")
     for table in overrides:
         if table not in JOB_TABLES:
-            raise UserError(f"{where}: unknown table [{spelled(table)}]; a job may set: {', '.join(JOB_TABLES)}")
+            raise UserError(f"{where}: unknown table [{printable(table)}]; a job may set: {', '.join(JOB_TABLES)}")
     values = confined(parse_run(overrides, JOB_TABLES, where, config.source.parent, config.service.state_dir / "cache"),
                       config, where)
     merged = dataclasses.replace(config, run=with_values(config.run, values))
@@ -158,14 +159,14 @@ def confined(values: dict, config: ServiceConfig, where: str) -> dict:
         roots = s.data_roots or tuple(p for p in (s.state_dir, config.run.data.path) if p is not None)
         real = values["path"].resolve()
         if not any(real.is_relative_to(root.resolve()) for root in roots):
-            raise UserError(f"{where}: [data] path {values['path']} is outside what a job may read "
+            raise UserError(f"{where}: [data] path {printable(values['path'])} is outside what a job may read "
                             f"({', '.join(map(str, roots))}); put the corpus there, or have the operator add its "
                             "directory to [service] data_roots")
         values["path"] = real
     if "cache_dir" in values:
         real = values["cache_dir"].resolve()
         if not real.is_relative_to(s.state_dir.resolve()):
-            raise UserError(f"{where}: [data] cache_dir {values['cache_dir']} is outside the state directory "
+            raise UserError(f"{where}: [data] cache_dir {printable(values['cache_dir'])} is outside the state directory "
                             f"{s.state_dir}; leave it out, or give a directory inside it")
         values["cache_dir"] = real
     return values
@@ -216,16 +217,11 @@ def read_toml(path: Path) -> dict:
         raise UserError(f"{path}: invalid TOML: arrays or tables nested too deeply; fix the file") from None
 
 
-def spelled(key: str) -> str:
-    """A key for a one-line message: as written, or quoted with escapes when it holds a newline or such."""
-    return key if key.isprintable() else show(key)
-
-
 def check_tables(raw: dict, where: str) -> None:
     for table, value in raw.items():
         if table not in TABLES:
-            what = (f"unknown table [{spelled(table)}]" if isinstance(value, dict)
-                    else f"key {spelled(table)} outside any table")
+            what = (f"unknown table [{printable(table)}]" if isinstance(value, dict)
+                    else f"key {printable(table)} outside any table")
             raise UserError(f"{where}: {what}; allowed tables: {', '.join(TABLES)}")
 
 
@@ -246,7 +242,7 @@ def parse_run(raw: Mapping, tables, where: str, base: Path, default_cache: Path,
             if key not in allowed:
                 if table in OWN_TABLES and key in {f.name for f in dataclasses.fields(OWN_TABLES[table])}:
                     continue
-                raise UserError(f"{where}: unknown key [{table}] {spelled(key)}; allowed: "
+                raise UserError(f"{where}: unknown key [{table}] {printable(key)}; allowed: "
                                 f"{', '.join(keys_of(table, keys))}")
             values[key] = convert(allowed[key], value, f"{where}: [{table}] {key}")
     for key in ("path", "init_from"):
@@ -267,7 +263,7 @@ def parse_own(table: str, raw, where: str) -> dict:
         if key in RUN_KEYS[table]:  # [service] step_timeout is a run setting
             continue
         if key not in fields:
-            raise UserError(f"{where}: unknown key [{table}] {spelled(key)}; allowed: {', '.join(keys_of(table))}")
+            raise UserError(f"{where}: unknown key [{table}] {printable(key)}; allowed: {', '.join(keys_of(table))}")
         s = next(d for d in declared(OWN_TABLES[table]) if d.name == key)
         values[key] = convert(s, value, f"{where}: [{table}] {key}")
     return values

@@ -64,8 +64,18 @@ def test_the_reserve_must_leave_room_for_other_levels():
 
 def test_a_shutdown_ack_at_its_default_priority_gets_through_a_default_box_flooded_with_stats_reports():
     box = Mailbox()
-    report = p.StatsReport(sphere=7, batches=1, tokens=1, busy_s=0.0, waiting_s=0.0, children=[])
+    report = p.StatsReport(sphere=7, group=0, batches=1, tokens=1, busy_s=0.0, waiting_s=0.0, children=[])
     while box.put(make(MessageType.STATS_REPORT, 7, 0, report)):
         pass
     assert box.put(make(MessageType.SHUTDOWN_ACK, 7, 0, p.ShutdownAck(sphere=7)))
     assert box.get().type is MessageType.SHUTDOWN_ACK
+
+
+def test_discard_removes_only_the_unwanted_and_keeps_order_and_room():
+    box = Mailbox(capacity=10, critical_reserve=3)
+    for i in range(7):
+        box.put(message(Priority.LOW, i))
+    for i in range(3):
+        box.put(message(Priority.CRITICAL, 100 + i))
+    assert box.discard(lambda m: m.payload.step in (1, 101)) == 2
+    assert len(box) == 8 and labels(drain(box)) == [100, 102, 0, 2, 3, 4, 5, 6]

@@ -11,8 +11,8 @@ from cllm.coord.checkpoints.store import list_checkpoints
 from .daemon import Daemon, write_config
 
 # Loaded by the daemon's interpreter at start (sitecustomize): once the file named by CLLM_TEST_HANG
-# exists, either a worker's kernels block for good ("worker") or Node Zero awaits an answer that
-# never comes, outside any timeout of its own ("node").
+# exists, either a worker's kernels block for good ("worker"), or its evaluation does ("eval"), or Node Zero
+# awaits an answer that never comes, outside any timeout of its own ("node").
 HANG = '''
 import asyncio, os, threading, time
 from pathlib import Path
@@ -25,6 +25,14 @@ if where == "worker":
             threading.Event().wait()
         return real(*args)
     model.forward_backward = forward_backward
+elif where == "eval":
+    from cllm.coord.nodezero.worker import WorkerKernels
+    real = WorkerKernels.evaluate
+    def evaluate(self, *args):
+        if trigger.exists():
+            threading.Event().wait()
+        return real(self, *args)
+    WorkerKernels.evaluate = evaluate
 else:
     from cllm.coord.nodezero.node_zero import NodeZero
     real = NodeZero.step
@@ -36,8 +44,8 @@ else:
 '''
 
 
-def hanging_daemon(tmp_path: Path, where: str, step_timeout: float) -> tuple:
-    config = write_config(tmp_path, checkpoint_interval=5)
+def hanging_daemon(tmp_path: Path, where: str, step_timeout: float, eval_interval=0) -> tuple:
+    config = write_config(tmp_path, checkpoint_interval=5, eval_interval=eval_interval)
     config.write_text(config.read_text().replace("step_timeout = 60", f"step_timeout = {step_timeout}"))
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
@@ -66,6 +74,19 @@ def test_a_step_that_times_out_fails_the_job_with_the_reason_and_a_restart_does_
         assert again.ctl("status")["result"]["state"] == "idle"
     finally:
         assert again.stop(timeout=60) == 0
+
+
+def test_an_evaluation_that_times_out_fails_the_job_not_the_daemon(tmp_path):
+    config, trigger, env = hanging_daemon(tmp_path, "eval", step_timeout=2, eval_interval=4)
+    daemon = Daemon(config, env=env)
+    try:
+        daemon.wait_for(lambda e: e["event"] == "eval")
+        trigger.touch()
+        failed = daemon.wait_for(lambda e: e["event"] == "job_failed", timeout=60)
+        assert "timed out" in failed["error"] and "validation" in failed["error"]
+        assert daemon.ctl("status")["result"]["state"] == "idle"  # before: a traceback, exit 1, and a restart loop
+    finally:
+        assert daemon.stop(timeout=60) == 0
 
 
 def test_sigterm_is_honoured_while_a_step_is_stuck(tmp_path):
