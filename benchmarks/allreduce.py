@@ -68,13 +68,14 @@ def compute_time(name: str, rows: int, reps: int) -> tuple:
 
     cfg, layout, params, _ = model_parts(name)
     grad = np.zeros(layout.size, dtype=np.float32)
-    worker = WorkerKernels(cfg, layout, grad, 0)
+    worker = WorkerKernels(cfg, 0)
+    grads = layout.tensors(grad)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (rows, cfg.block_size + 1)).astype(np.int32)
     x, y = tokens[:, :-1].copy(), tokens[:, 1:].copy()
     weights = layout.tensors(params)
-    worker.train(weights, x, y, 1.0 / x.size)  # compiles, allocates
-    compute = best_time(lambda: worker.train(weights, x, y, 1.0 / x.size), reps)
+    worker.train(weights, grads, x, y, 1.0 / x.size)  # compiles, allocates
+    compute = best_time(lambda: worker.train(weights, grads, x, y, 1.0 / x.size), reps)
     optimizer = Optimizer(layout, OptimizerConfig())
     pieces = optimizer.plan(1)[0]
 
@@ -125,14 +126,15 @@ def child(args) -> None:
         from cllm.coord.nodezero.worker import WorkerKernels
         rows = per_node // comm.size
         _, layout_, params, _ = model_parts(name)
-        worker = WorkerKernels(cfg, layout_, np.zeros(layout_.size, dtype=np.float32), 0)
+        worker = WorkerKernels(cfg, 0)
+        grads = layout_.tensors(np.zeros(layout_.size, dtype=np.float32))
         rng = np.random.default_rng(comm.rank)
         tokens = rng.integers(0, cfg.vocab_size, (rows, cfg.block_size + 1)).astype(np.int32)
         x, y = tokens[:, :-1].copy(), tokens[:, 1:].copy()
         weights = layout_.tensors(params)
         pool = ThreadPoolExecutor(1)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(pool, worker.train, weights, x, y, 1.0)
+        await loop.run_in_executor(pool, worker.train, weights, grads, x, y, 1.0)
         timed = {key: [] for key in ("compute", "allreduce", "sequential", "compute_beside", "overlapped")}
 
         async def clock(awaitable):
@@ -141,7 +143,7 @@ def child(args) -> None:
         for _ in range(6):  # the two ways alternate, so that a busy moment of the machine hits both
             await ranks.run("a barrier", ranks.barrier)
             started = time.perf_counter()
-            await loop.run_in_executor(pool, worker.train, weights, x, y, 1.0)
+            await loop.run_in_executor(pool, worker.train, weights, grads, x, y, 1.0)
             computed = time.perf_counter()
             await ranks.allreduce(buffer, "the gradient")
             ended = time.perf_counter()
@@ -150,7 +152,7 @@ def child(args) -> None:
             timed["sequential"].append(ended - started)
             await ranks.run("a barrier", ranks.barrier)
             started = time.perf_counter()
-            computed, reduced = await asyncio.gather(clock(loop.run_in_executor(pool, worker.train, weights, x, y, 1.0)),
+            computed, reduced = await asyncio.gather(clock(loop.run_in_executor(pool, worker.train, weights, grads, x, y, 1.0)),
                                                      clock(ranks.allreduce(buffer, "the gradient")))
             timed["compute_beside"].append(computed - started)
             timed["overlapped"].append(max(computed, reduced) - started)

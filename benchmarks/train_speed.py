@@ -6,7 +6,8 @@ and model; the figures are printed as one table with the speed-up over the first
     python benchmarks/train_speed.py --threads 1 2 --steps 20
 
 Node Zero's overhead is the share of a step's wall time outside the step's critical path
-in kernels (the slowest worker's forward/backward, then the reduction and the update).
+in kernels (the busiest worker's forward/backward, then Node Zero's sums, the norm and the
+update): messages, waiting and the event loop.
 """
 
 import argparse
@@ -35,6 +36,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="measured steps, after --warmup unmeasured ones")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--micro-batches", type=int, default=0, help="micro-batches per step (0: one per worker)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of the matrix products")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "cllm")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -57,28 +60,16 @@ def measure(args) -> dict:
     cfg = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=args.seq_len, n_layer=args.num_layers,
                     n_head=args.num_heads, n_embd=args.embed_dim)
     params = init_params(cfg, seed=0)
-    node = NodeZero(cfg, params, Optimizer(ParamLayout(cfg), OptimizerConfig()), args.threads[0])
-
-    async def run():
-        results = []
-        await node.start()
-        try:
-            for step in range(1, args.warmup + args.steps + 1):
-                x, y = dataset.train_batch(step - 1, args.batch_size, args.seq_len, 0)
-                result = await node.step(step, [(x, y)], 1e-3, 1.0)
-                if step > args.warmup:
-                    results.append(result)
-        finally:
-            await node.close()
-        return results
-
+    node = NodeZero(cfg, params, Optimizer(ParamLayout(cfg), OptimizerConfig()), args.threads[0],
+                    micro_batches=args.micro_batches, precision=args.precision)
     with threadpool_limits(1, user_api="blas"):
         started = time.perf_counter()
-        results = run_event_loop(run())
+        results = run_event_loop(train_steps(node, dataset, args))
     seconds = sum(r.seconds for r in results)
     kernel = sum(r.kernel_seconds for r in results)
     return {
         "threads": args.threads[0],
+        "precision": node.precision,  # fp32 when bf16 was asked for but cannot run here
         "tokens_per_s": sum(r.tokens for r in results) / seconds,
         "step_s": seconds / len(results),
         "overhead_share": (seconds - kernel) / seconds,
@@ -92,6 +83,18 @@ def measure(args) -> dict:
     }
 
 
+async def train_steps(node, dataset, args) -> list:
+    """``args.warmup`` steps, then the StepResults of ``args.steps`` more, on the dataset's batches."""
+    results = []
+    async with node:
+        for step in range(1, args.warmup + args.steps + 1):
+            x, y = dataset.train_batch(step - 1, args.batch_size, args.seq_len, 0)
+            result = await node.step(step, x, y, 1e-3, 1.0)
+            if step > args.warmup:
+                results.append(result)
+    return results
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.one:
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
           f"python {platform.python_version()}")
     print(f"config: embed {args.embed_dim}, layers {args.num_layers}, heads {args.num_heads}, seq {args.seq_len}, "
           f"batch {args.batch_size}, {args.tokenizer} vocab {args.vocab_size}, {args.steps} steps after "
-          f"{args.warmup} warm-up, data {args.data.name}")
+          f"{args.warmup} warm-up, data {args.data.name}, precision {args.precision}")
     rows = []
     for threads in args.threads:
         base = [a for a in (argv if argv is not None else sys.argv[1:])]

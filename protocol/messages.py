@@ -11,14 +11,14 @@ Default priorities, from the mailbox's point of view:
     LOW       boundary notifications and STATS_REPORT: observations; no step waits on them
 
 The boundary types come from the original design, where they marked a lattice
-boundary; here they mark boundaries of the token stream and of the schedule:
+boundary; here they mark boundaries of the token stream and of the schedule, and
+the training loop acts on each (coord/training/trainer.py ``handle``):
 
-    BOUNDARY_CROSSING      a micro-batch's windows span a document or shard boundary,
-                           or the training cursor wraps into a new epoch
-    BOUNDARY_REGION_ENTER  the data cursor enters the last batch of an epoch, or
-                           evaluation starts reading the validation split
-    BOUNDARY_REGION_EXIT   the cursor leaves that region
-    TWIN_PRIME_HIT         the step is a multiple of the eval or checkpoint interval
+    BOUNDARY_CROSSING      the step's rows cross document boundaries (the positions)
+    BOUNDARY_REGION_ENTER  the data cursor enters the last batch of an epoch
+    BOUNDARY_REGION_EXIT   the cursor leaves it
+    TWIN_PRIME_HIT         evaluate or checkpoint at this step's boundary (an interval
+                           step, or `cllm ctl checkpoint`)
 
 The daemon's control socket speaks the same messages: ``cllm ctl workers N`` is
 CHILD_SPAWN or CHILD_TERMINATE with count N, ``cllm ctl stats`` is STATS_REQUEST
@@ -71,15 +71,17 @@ class MessageType(Enum):
         member.category, member.priority, member.payload, member.doc = category, priority, payload, doc
         return member
 
-    WORK_REQUEST = C.WORK, P.HIGH, p.WorkRequest, "an idle worker asks its parent for micro-batches"
-    WORK_OFFER = C.WORK, P.HIGH, p.WorkOffer, "Node Zero offers a worker forward-only rows (validation)"
-    WORK_ACCEPT = C.WORK, P.HIGH, p.WorkReply, "the worker takes the offered rows"
-    WORK_REJECT = C.WORK, P.HIGH, p.WorkReply, "the worker declines (not ready); Node Zero offers the rows to another"
+    WORK_REQUEST = C.WORK, P.HIGH, p.WorkRequest, "an idle worker asks for a micro-batch of the round"
+    WORK_OFFER = C.WORK, P.HIGH, p.WorkOffer, (
+        "Node Zero offers a worker one micro-batch: its rows, targets and the segment for its gradient")
+    WORK_ACCEPT = C.WORK, P.HIGH, p.WorkReply, "the worker takes the offered micro-batch"
+    WORK_REJECT = C.WORK, P.HIGH, p.WorkReply, (
+        "the worker declines an offer of a round it is no longer in; Node Zero offers it again")
 
-    GRADIENT_READY = C.GRADIENT, P.NORMAL, p.GradientReady, (
-        "a worker has written its micro-batch gradient into its grad_segment")
-    GRADIENT_ACCUMULATE = C.GRADIENT, P.NORMAL, p.GradientAccumulate, (
-        "a group parent has summed its children's segments into result")
+    GRADIENT_READY = C.GRADIENT, P.NORMAL, p.GradientSum, (
+        "a worker has written one micro-batch's gradient into the offered segment")
+    GRADIENT_ACCUMULATE = C.GRADIENT, P.NORMAL, p.GradientSum, (
+        "a group has summed adjacent micro-batch ranges of its workers, in the fixed pairwise order")
     GRADIENT_COMPLETE = C.GRADIENT, P.NORMAL, p.GradientComplete, (
         "Node Zero holds the step's full gradient: mean loss and norm before clipping")
 
@@ -91,18 +93,18 @@ class MessageType(Enum):
         "the weights a newly joined sphere must read from")
 
     BOUNDARY_CROSSING = C.BOUNDARY, P.LOW, p.BoundaryCrossing, (
-        "a micro-batch spans a document or shard boundary, or the cursor wraps into a new epoch")
-    TWIN_PRIME_HIT = C.BOUNDARY, P.LOW, p.IntervalHit, "the step is an eval or checkpoint step"
+        "the step's rows cross document boundaries, at the given positions")
+    TWIN_PRIME_HIT = C.BOUNDARY, P.LOW, p.IntervalHit, "evaluate or checkpoint at this step's boundary"
     BOUNDARY_REGION_ENTER = C.BOUNDARY, P.LOW, p.Region, (
-        "the cursor enters the last batch of an epoch, or evaluation enters the validation split")
-    BOUNDARY_REGION_EXIT = C.BOUNDARY, P.LOW, p.Region, (
-        "the cursor leaves the epoch's last batch or the validation split")
+        "the cursor enters the last batch of an epoch: the next epoch's window order is drawn")
+    BOUNDARY_REGION_EXIT = C.BOUNDARY, P.LOW, p.Region, "the cursor leaves the last batch of an epoch"
 
     EPOCH_START = C.COORDINATION, P.NORMAL, p.EpochMark, "the first step of an epoch begins"
     EPOCH_COMPLETE = C.COORDINATION, P.NORMAL, p.EpochMark, "the last step of an epoch is applied"
     BATCH_START = C.COORDINATION, P.NORMAL, p.BatchStart, (
-        "a worker is to run forward and backward on rows of the step")
-    BATCH_COMPLETE = C.COORDINATION, P.NORMAL, p.BatchComplete, "a worker has finished offered rows: their summed loss"
+        "a round of micro-batches begins (a step's, or an evaluation's): workers ask for work")
+    BATCH_COMPLETE = C.COORDINATION, P.NORMAL, p.BatchComplete, (
+        "a worker has evaluated an offered micro-batch: its summed loss")
 
     CHILD_SPAWN = C.HIERARCHY, P.HIGH, p.ChildCount, (
         "grow the tree to count workers (`cllm ctl workers N` with N above the current count)")
@@ -111,11 +113,12 @@ class MessageType(Enum):
     PARENT_SYNC = C.HIERARCHY, P.HIGH, p.ParentSync, (
         "a new or re-parented sphere learns its parent and the current step")
     SIBLING_DISCOVER = C.HIERARCHY, P.HIGH, p.SiblingDiscover, (
-        "a parent tells its children their symmetry group and siblings")
+        "a parent tells each child its symmetry group number (0-11) and its siblings")
 
     ERROR_REPORT = C.ERROR, P.CRITICAL, p.ErrorReport, (
-        "a sphere's micro-batch raised; the step cannot complete as is")
-    ERROR_RECOVERY = C.ERROR, P.HIGH, p.ErrorRecovery, "Node Zero decides: retry the step or fail the run"
+        "a sphere's micro-batch raised; the round cannot complete as is")
+    ERROR_RECOVERY = C.ERROR, P.HIGH, p.ErrorRecovery, (
+        "every sphere forgets the failed round; Node Zero retries the step or fails it")
 
     STATS_REQUEST = C.STATS, P.HIGH, p.StatsRequest, "ask a subtree for its counters (also `cllm ctl stats`)"
     STATS_REPORT = C.STATS, P.LOW, p.StatsReport, "a sphere's counters with its children's reports nested"

@@ -20,34 +20,42 @@ class BufferRef:
     name: str
     offset: int
     length: int
-    dtype: Literal["float32", "float64"] = "float32"
+    dtype: Literal["float32", "float64", "int32"] = "float32"
 
 
 # work distribution
+#
+# A round is one posting of work: a training step's micro-batches, or an evaluation's. Round
+# numbers increase through the run (a retried step is a new round), so an answer that arrives
+# after its round ended is recognised and set aside.
 
 
 @dataclass(frozen=True, slots=True)
 class WorkRequest:
-    worker: int
-    capacity: int  # micro-batches the worker can take this step
+    round: int
+    capacity: int  # micro-batches the worker can take now
 
 
 @dataclass(frozen=True, slots=True)
 class WorkOffer:
-    """Forward-only work (a validation pass): rows [row_start, row_stop) of batch ``micro_batch``."""
+    """One micro-batch: its token rows and targets (B*T elements each, B rows of BatchStart.seq_len), where the
+    worker writes its gradient, and the loss scale. An evaluation's offers carry an empty ``grad_segment``."""
 
-    step: int
+    round: int
     micro_batch: int
-    row_start: int
-    row_stop: int
+    tokens: BufferRef
+    targets: BufferRef
+    grad_segment: BufferRef
+    dloss: float  # 1 / tokens of the whole step: the segments add up to the gradient of the mean loss
 
 
 @dataclass(frozen=True, slots=True)
 class WorkReply:
     """WORK_ACCEPT or WORK_REJECT; ``reason`` is empty on accept."""
 
-    step: int
+    round: int
     micro_batch: int
+    worker: int  # the worker's index among the leaves
     reason: str
 
 
@@ -55,23 +63,16 @@ class WorkReply:
 
 
 @dataclass(frozen=True, slots=True)
-class GradientReady:
-    step: int
-    micro_batch: int
+class GradientSum:
+    """The gradient of micro-batches ``first``..``last`` (inclusive) of a round, summed in the fixed
+    pairwise order, in ``result``; GRADIENT_READY carries one micro-batch, GRADIENT_ACCUMULATE a range."""
+
+    round: int
+    first: int
+    last: int
     tokens: int  # target tokens the loss was summed over
     loss_sum: float  # summed, not averaged, so parents can add them
-    busy_s: float  # forward and backward time
-    grad_segment: BufferRef
-
-
-@dataclass(frozen=True, slots=True)
-class GradientAccumulate:
-    step: int
-    group: int
-    sources: list[int]  # the spheres whose segments were summed into result
-    tokens: int  # sums over the sources
-    loss_sum: float
-    busy_s: float  # the slowest source plus the time to sum: this subtree's critical path
+    busy_s: float  # seconds of kernels (forward, backward and the sums) spent on the range
     result: BufferRef
 
 
@@ -110,8 +111,8 @@ class WeightsBroadcast:
 @dataclass(frozen=True, slots=True)
 class BoundaryCrossing:
     step: int
-    position: int  # token offset of the crossing in the training stream
-    kind: Literal["document", "shard", "epoch"]
+    kind: Literal["document"]
+    positions: list[int]  # flat offsets of the end-of-text separators in the step's (rows, seq_len) tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,8 +124,8 @@ class IntervalHit:
 @dataclass(frozen=True, slots=True)
 class Region:
     step: int
-    position: int  # token offset where the cursor entered or left the region
-    kind: Literal["epoch_end", "validation"]
+    position: int  # token offset into the epoch where the cursor entered or left the region
+    kind: Literal["epoch_end"]
 
 
 # coordination
@@ -138,22 +139,26 @@ class EpochMark:
 
 @dataclass(frozen=True, slots=True)
 class BatchStart:
+    """A round begins: its micro-batches are waiting to be offered to workers that ask."""
+
     step: int
-    micro_batch: int
-    row_start: int  # rows [row_start, row_stop) of the step's batch
-    row_stop: int
-    grad_segment: BufferRef  # where the worker writes its gradient
+    round: int
+    kind: Literal["train", "eval"]
+    micro_batches: int
+    seq_len: int  # tokens per row of every offer in the round
 
 
 @dataclass(frozen=True, slots=True)
 class BatchComplete:
-    """Forward-only work done: the summed loss over ``tokens`` target tokens."""
+    """Forward-only work done: the summed loss of one micro-batch over ``tokens`` target tokens, and
+    ``hits``, the tokens whose target was the likeliest."""
 
-    step: int
+    round: int
     micro_batch: int
     tokens: int
     loss_sum: float
     busy_s: float
+    hits: int
 
 
 # hierarchy management
@@ -172,8 +177,8 @@ class ParentSync:
 
 @dataclass(frozen=True, slots=True)
 class SiblingDiscover:
-    group: int
-    siblings: list[int]
+    group: int  # the sphere's symmetry group: its position among its parent's children, 0-11
+    siblings: list[int]  # the ids of all the parent's children, in group order
 
 
 # errors
@@ -182,6 +187,7 @@ class SiblingDiscover:
 @dataclass(frozen=True, slots=True)
 class ErrorReport:
     step: int
+    round: int
     sphere: int
     error_type: str  # the exception class name
     message: str
@@ -190,6 +196,7 @@ class ErrorReport:
 @dataclass(frozen=True, slots=True)
 class ErrorRecovery:
     step: int
+    round: int  # the failed round, whose work every sphere forgets
     action: Literal["retry", "fail"]
 
 
@@ -206,7 +213,8 @@ class StatsReport:
     """One sphere's counters since start, with its children's reports nested."""
 
     sphere: int
-    batches: int
+    group: int  # its symmetry group within its parent (0-11)
+    batches: int  # micro-batches computed
     tokens: int
     busy_s: float
     waiting_s: float

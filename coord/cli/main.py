@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import traceback
 
 from ..errors import OperationalError, RunFailed, UserError
 from ..logs import is_journal
@@ -46,6 +47,25 @@ def main(argv=None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+
+
+def as_rank(ranks, command) -> int:
+    """``command()`` as one rank of an MPI launch, then the ranks' closing barrier. An error that ends the
+    command on this rank ends every rank, after this rank's line, with its exit status: no rank is left
+    waiting in a collective for one that is gone."""
+    ranks.start()
+    try:
+        status = command()
+    except (UserError, RunFailed, OperationalError) as error:
+        ranks.fail(report(error))
+    except KeyboardInterrupt:
+        say("cllm: interrupted", 6)
+        ranks.fail(130)
+    except Exception:  # a bug: its traceback
+        traceback.print_exc()
+        ranks.fail(1)
+    ranks.close()
+    return status
 
 
 def report(error: Exception) -> int:

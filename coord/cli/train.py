@@ -1,12 +1,13 @@
 """`cllm train`: its options are the run's declared settings (coord.training.config)."""
 
+import json
 import sys
 from pathlib import Path
 
 from ..errors import UserError
 from ..logs import configure
 from ..settings import Declared, from_text
-from ..training.config import BY_NAME, SETTINGS, RunConfig, check, from_checkpoint, with_values
+from ..training.config import BY_NAME, SETTINGS, RunConfig, check, from_checkpoint, resumable, with_values
 from .options import add_logging
 
 GROUPS = {"model": "model size", "data": "data", "optimizer": "optimisation", "schedule": "learning-rate schedule",
@@ -126,30 +127,57 @@ def config_from(args, resumed=None, saved=None) -> RunConfig:
 
 
 def run(args) -> int:
-    from ..checkpoints.store import load_checkpoint, load_training_state
+    """`cllm train`, alone or as one rank of an MPI launch (``mpiexec -n N cllm train ...``)."""
+    from ..distributed.ranks import join
+    from .main import as_rank
+
+    ranks = join(args.step_timeout or BY_NAME["step_timeout"].default)
+    if ranks is None:
+        return train(args, None)
+    configure(args.log_format, args.log_level, rank=ranks.rank)
+    return as_rank(ranks, lambda: train(args, ranks))
+
+
+def train(args, ranks) -> int:
     from ..signals import StopSignals, stop_grace
     from ..training.run import open_run
     from ..training.trainer import run_event_loop
     from .progress import ProgressBar
 
+    rank = None if ranks is None else ranks.rank
     resumed = saved = None
     if args.resume is not None and args.init_from is not None:
         raise UserError("--init-from starts a new run from a model and --resume continues a run; give one of them")
     if args.resume is not None:
-        configure(args.log_format, args.log_level)  # passing over a damaged checkpoint is logged as the run's events
-        resumed = load_checkpoint(args.resume)
-        saved = load_training_state(resumed.path)
+        configure(args.log_format, args.log_level, rank=rank)  # passing over a damaged checkpoint is logged
+        resumed, saved = load_run(args.resume, ranks)
     config = config_from(args, resumed, saved)
-    as_json = configure(args.log_format, args.log_level)
-    progress = ProgressBar if not as_json and sys.stderr.isatty() else None
+    if ranks is not None:
+        ranks.run_sync("the comparison of the ranks' settings", ranks.same_everywhere,
+                       json.dumps(resumable(config), sort_keys=True).encode(), "settings")
+    as_json = configure(args.log_format, args.log_level, rank=rank)
+    progress = ProgressBar if not as_json and sys.stderr.isatty() and rank in (None, 0) else None
     if progress and args.log_interval is None:  # the bar shows every step; --log-interval adds step events above it
         config = with_values(config, {"log_interval": 0})
-    trainer = open_run(config, resumed, saved, progress=progress, overwrite=args.overwrite)
+    trainer = open_run(config, resumed, saved, progress=progress, overwrite=args.overwrite, ranks=ranks)
 
-    async def train():
+    async def training():
         with StopSignals(trainer.request_stop, stop_grace(config.step_timeout)):
             return await trainer.run()
 
-    run_event_loop(train())
+    run_event_loop(training())
     return 0
 
+
+def load_run(path: Path, ranks) -> tuple:
+    """The checkpoint ``--resume`` names and its training state; over MPI ranks, rank 0 reads them and sends
+    them to every rank (the run directory need not be on every machine)."""
+    from ..checkpoints.store import load_checkpoint, load_training_state
+
+    loaded = None
+    if ranks is None or ranks.is_root:
+        resumed = load_checkpoint(path)
+        loaded = resumed, load_training_state(resumed.path)
+    if ranks is not None:
+        loaded = ranks.run_sync("rank 0's checkpoint", ranks.comm.bcast, loaded, 0)
+    return loaded

@@ -205,7 +205,7 @@ class TokenDataset:
         self.n_train = len(self.tokens) - self.n_val
         self.train = self.tokens[:self.n_train]
         self.val = self.tokens[self.n_train:]
-        self.permutation = (None, None)  # (seed, epoch) -> window order, the last one kept
+        self.orders = {}  # (seed, epoch, seq_len) -> the epoch's window order
 
     def validate_seq_len(self, seq_len: int) -> None:
         smallest = min(self.n_train, self.n_val)
@@ -234,14 +234,22 @@ class TokenDataset:
         Within an epoch the windows come in an order drawn from (seed, epoch); each window
         of an epoch is used once.
         """
-        per_epoch = self.steps_per_epoch(batch_size, seq_len)
-        epoch, index = divmod(step, per_epoch)
-        if self.permutation[0] != (seed, epoch):
-            order = np.random.default_rng([seed, epoch]).permutation(self.windows(self.n_train, seq_len))
-            self.permutation = ((seed, epoch), order)
-        order = self.permutation[1]
+        epoch, index = divmod(step, self.steps_per_epoch(batch_size, seq_len))
+        order = self.window_order(seed, epoch, seq_len)
         picks = np.resize(order, max(len(order), batch_size))[index * batch_size:(index + 1) * batch_size]
         return self.gather(self.train, picks.astype(np.int64) * seq_len, seq_len)
+
+    def window_order(self, seed: int, epoch: int, seq_len: int) -> np.ndarray:
+        """The order of an epoch's training windows; the last two drawn are kept (an epoch's and the next)."""
+        key = (seed, epoch, seq_len)
+        if key not in self.orders:
+            if len(self.orders) >= 2:
+                del self.orders[next(iter(self.orders))]
+            self.orders[key] = np.random.default_rng([seed, epoch]).permutation(self.windows(self.n_train, seq_len))
+        return self.orders[key]
+
+    def forget_order(self, seed: int, epoch: int, seq_len: int) -> None:
+        self.orders.pop((seed, epoch, seq_len), None)
 
     def val_batches(self, batch_size: int, seq_len: int, max_batches: int) -> list:
         """A fixed set of validation batches: windows evenly spaced across the validation split."""

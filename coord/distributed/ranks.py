@@ -31,8 +31,10 @@ log = structlog.get_logger("cllm.ranks")
 
 POLL_FIRST_S, POLL_MAX_S = 10e-6, 200e-6  # a waiting collective is tested this often, backing off
 LOST_EXIT = 1  # the exit status of every rank when one is lost, as for any run that cannot go on
-ABORT_GRACE_S = 5.0
-STAT_KEYS = ("batches", "tokens", "busy_s", "waiting_s")  # Node Zero's statistics, summed up the tree  # MPI_Abort should end the process at once; past this, leave without it
+ABORT_GRACE_S = 5.0  # MPI_Abort should end the process at once; past this, leave without it
+FORWARD_S = 0.5  # time for the launcher to forward a rank's last lines before MPI_Abort
+FAIL_GRACE_S = 1.0  # a rank that ends the run on an error waits this long before it ends the others
+STAT_KEYS = ("batches", "tokens", "busy_s", "waiting_s")  # Node Zero's statistics, summed up the tree
 
 
 def share(count: int, rank: int, size: int) -> tuple:
@@ -203,11 +205,11 @@ class Ranks:
         await self.settle(buckets.issued + [self.submit(self.sum_in_place, sums)], what)
         return float(sums[0]), int(round(sums[1]))
 
-    async def sum_scores(self, loss_sum: float, tokens: int) -> tuple:
-        """An evaluation's (loss sum, tokens) over the ranks, in float64."""
-        sums = np.array([loss_sum, tokens], dtype=np.float64)
+    async def sum_scores(self, loss_sum: float, tokens: int, hits: int) -> tuple:
+        """An evaluation's (loss sum, tokens, tokens predicted right) over the ranks, in float64."""
+        sums = np.array([loss_sum, tokens, hits], dtype=np.float64)
         await self.allreduce(sums, "the sum of the validation losses")
-        return float(sums[0]), int(round(sums[1]))
+        return float(sums[0]), int(round(sums[1])), int(round(sums[2]))
 
     async def gather(self, value, what: str):
         """Every rank's ``value`` (picklable) as a list on rank 0, None on the others."""
@@ -227,9 +229,11 @@ class Ranks:
 
     async def check_weights(self, params: np.ndarray, step: int) -> None:
         """RunFailed on every rank unless every rank's weights are rank 0's, bit for bit (a checksum each)."""
-        def digest_all():
-            return self.comm.allgather(hashlib.blake2b(params, digest_size=16).hexdigest())
-        digests = await self.run(f"the weights check of step {step}", digest_all)
+        await self.run(f"the weights check of step {step}", self.compare_weights, params, step)
+
+    def compare_weights(self, params: np.ndarray, step: int) -> None:
+        """``check_weights``'s collective, on the communication thread."""
+        digests = self.comm.allgather(hashlib.blake2b(params, digest_size=16).hexdigest())
         differ = [rank for rank, digest in enumerate(digests) if digest != digests[0]]
         if differ:
             raise RunFailed(f"at step {step} the weights of rank {', '.join(map(str, differ))} differ from rank 0's "
@@ -265,9 +269,16 @@ class Ranks:
                   reason=reason)
         self.abort(LOST_EXIT)
 
+    def fail(self, code: int):
+        """End every rank with status ``code``, after this rank wrote why: a short grace first, so that ranks
+        that met the same error (the same bad setting) write their own line too."""
+        time.sleep(FAIL_GRACE_S)
+        self.abort(code)
+
     def abort(self, code: int):
         sys.stdout.flush()
         sys.stderr.flush()
+        time.sleep(FORWARD_S)  # the launcher ends the job at once on MPI_Abort, and drops output not yet forwarded
         threading.Timer(ABORT_GRACE_S, os._exit, (code,)).start()
         self.comm.Abort(code)
 

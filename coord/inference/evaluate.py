@@ -7,7 +7,7 @@ from threadpoolctl import threadpool_limits
 
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, scores
 
-from ..nodezero.node_zero import usable_cores
+from ..nodezero.tree import usable_cores
 
 
 def evaluate_checkpoint(cfg: GPTConfig, params: np.ndarray, dataset, batch_size: int, max_batches: int,

@@ -1,17 +1,15 @@
 """Node Zero: the asyncio coordinator at the root of the sphere tree.
 
-Node Zero never computes a batch. It splits the global batch into micro-batches
-(BATCH_START down the tree), each worker sphere runs its kernels on a pool thread
-into its own gradient segment, GRADIENT_READY / GRADIENT_ACCUMULATE come up while
-the groups sum their children's segments, and Node Zero sums what reaches the root,
-applies the optimizer (split across the pool by parameter slices) and sends
-WEIGHTS_UPDATED down. Gradients and weights never travel: messages carry
-``BufferRef``s into the buffers Node Zero owns.
+Node Zero never computes a batch. A step posts its micro-batches as work (BATCH_START), the
+workers ask for them (WORK_REQUEST), take what they are offered (WORK_OFFER, WORK_ACCEPT) and
+send each gradient up (GRADIENT_READY); the groups sum what they can on the way
+(GRADIENT_ACCUMULATE) and Node Zero sums the rest, in the fixed pairwise order of
+``reduction.py``. Then it clips, updates the weights across the pool and announces them
+(WEIGHTS_UPDATED). ``async with NodeZero(...)`` owns every task of the tree in one TaskGroup.
 """
 
 import asyncio
 import math
-import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,26 +17,27 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from cllm.kernels.dropout import Dropout, step_key
 from cllm.kernels.model import GPTConfig, ParamLayout
-from cllm.kernels.reduce import sum_segments, sum_squares
+from cllm.kernels.precision import Weights16, unavailable
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
 
+from ..distributed.ranks import layer_buckets
 from ..errors import RunFailed
-from ..training.optimizer import Optimizer, split_range
-from .sphere import Sphere, build_tree
-from .states import CONTROL_TRANSITIONS, ControlState, SphereState, StateMachine
+from ..training.optimizer import Optimizer
+from .context import SphereContext
+from .inbox import Inbox
+from .reduction import Part
+from .spheres import WorkerSphere, build_spheres, introduce
+from .states import CONTROL_TRANSITIONS, SPHERE_TRANSITIONS, ControlState, SphereState as S, StateMachine
+from .tree import plan_tree, pool_threads, routes, slices
+from .work import Round, cut, segments_needed
 from .worker import WorkerKernels
 
 log = structlog.get_logger("cllm.node_zero")
 
 ROOT = 0
-CONTROL = {M.SHUTDOWN_REQUEST, M.STATS_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE, M.TWIN_PRIME_HIT}
-GRADIENTS = {M.GRADIENT_READY, M.GRADIENT_ACCUMULATE}
-EVAL_REPLIES = {M.WORK_ACCEPT, M.WORK_REJECT, M.BATCH_COMPLETE}
-NOTICES = {M.EPOCH_START, M.EPOCH_COMPLETE, M.BOUNDARY_CROSSING, M.BOUNDARY_REGION_ENTER, M.BOUNDARY_REGION_EXIT,
-           M.TWIN_PRIME_HIT}
+POLL_S = 0.005  # how often a round with work, an asking worker and no free segment looks again
 
 
 class StepFailed(RunFailed):
@@ -58,298 +57,294 @@ class StepResult:
     grad_norm: float  # before clipping
     applied: bool  # False when the loss or gradient was not finite and the update was skipped
     seconds: float  # wall time of the whole step
-    kernel_seconds: float  # the step's critical path inside kernels (slowest worker + reduction + update)
+    kernel_seconds: float  # the step's critical path in kernels: the busiest worker, Node Zero's sums, norm, update
+    taken: dict  # worker index -> micro-batches it computed
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+def usable_precision(wanted: str) -> str:
+    """``wanted``, or fp32 with one log line when bfloat16 products cannot run here."""
+    if wanted == "bf16" and (reason := unavailable()):
+        log.warning("precision_fallback", wanted=wanted, using="fp32", reason=reason)
+        return "fp32"
+    return wanted
 
 
 class NodeZero:
-    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer."""
+    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer.
+
+    With ``precision`` bf16 the workers read the weights of the matrix products rounded to
+    bfloat16, rounded once per step after the update; ``params`` stay the float32 master weights.
+    """
 
     def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: Optimizer, n_workers: int,
-                 step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0, seed: int = 0):
-        self.cfg = cfg
-        self.dropout, self.seed = dropout, seed
-        self.layout = ParamLayout(cfg)
-        self.params = params
-        self.weights = self.layout.tensors(params)
-        self.optimizer = optimizer
-        self.step_timeout = step_timeout
-        self.retries = retries
-        self.control = StateMachine(ControlState.INITIALIZING, CONTROL_TRANSITIONS, "node zero")
-        self.grad = np.zeros(self.layout.size, dtype=np.float32)
-        self.kernels = {}  # worker index -> WorkerKernels, kept across resizes
-        self.deferred = []  # control messages that arrived mid-step, handled at the boundary
-        self.events = []  # GRADIENT_COMPLETE for the training loop, which takes them after each step
-        self.batch = None
-        self.tree = None
-        self.pool = None
-        self.tasks = {}
+                 micro_batches: int = 0, step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0,
+                 seed: int = 0, ranks=None, precision: str = "fp32"):
+        self.cfg, self.layout, self.params, self.optimizer = cfg, ParamLayout(cfg), params, optimizer
+        # the MPI ranks of a run over several processes (coord.distributed.ranks.Ranks), None alone: this
+        # Node Zero computes its rank's share of every batch's rows and sums the gradient over the ranks
+        self.ranks = ranks
+        self.rank_buckets = layer_buckets(self.layout) if ranks is not None else None
+        self.precision = usable_precision(precision)
+        self.weights16 = Weights16(self.layout) if self.precision == "bf16" else None
+        self.weights = self.read_weights(params)  # what the workers' kernels read
         self.n_workers = n_workers
+        self.micro_batches = micro_batches  # per micro-step; 0: one per worker
+        self.step_timeout, self.retries, self.dropout, self.seed = step_timeout, retries, dropout, seed
+        self.control = StateMachine(ControlState.INITIALIZING, CONTROL_TRANSITIONS, "node zero")
+        self.machine = StateMachine(S.INITIALIZING, SPHERE_TRANSITIONS, "node zero")
+        self.inbox = Inbox()
+        self.kernels = {}  # worker index -> WorkerKernels, kept across resizes
+        self.requests = []  # control requests, answered at the next step boundary
+        self.events = []  # GRADIENT_COMPLETE for the training loop, which takes them after each step
+        self.rounds = 0
+        self.tree = self.ctx = self.pool = self.tasks = None
+        self.children, self.spheres, self.running = {}, [], []
 
     # ----- lifecycle -----
 
-    async def start(self) -> None:
-        await self.build(self.n_workers)
+    def read_weights(self, params: np.ndarray):
+        """The tensors the kernels read over ``params``: float32 views, or their bfloat16 rounding."""
+        tensors = self.layout.tensors(params)
+        return tensors if self.weights16 is None else self.weights16.tensors(tensors)
+
+    async def __aenter__(self) -> "NodeZero":
+        if self.weights16 is not None:
+            self.weights16.refresh(self.params)
+        self.tasks = asyncio.TaskGroup()
+        await self.tasks.__aenter__()
+        try:
+            await self.build(self.n_workers)
+        except BaseException:
+            await self.cancel()
+            await self.tasks.__aexit__(None, None, None)
+            raise
         self.control.to(ControlState.RUNNING)
-        log.info("node_zero_started", workers=self.n_workers, spheres=sum(1 for _ in self.tree.walk()),
-                 levels=max(s.level for s in self.tree.walk()) + 1)
+        log.info("node_zero_started", workers=self.n_workers, spheres=len(self.spheres) + 1,
+                 levels=max(s.level for s in self.spheres) + 1, pool_threads=pool_threads(self.tree))
+        return self
+
+    async def __aexit__(self, kind, error, traceback) -> None:
+        """Stop every sphere; the tasks are all done before the TaskGroup closes, so an error of the body
+        propagates as it is."""
+        try:
+            self.control.to(ControlState.STOPPING)
+            await self.stop_spheres(M.SHUTDOWN_REQUEST, pl.ShutdownRequest(reason="close", after_step=True))
+            self.control.to(ControlState.STOPPED)
+            log.info("node_zero_stopped")
+        finally:
+            await self.cancel()
+            await self.tasks.__aexit__(None, None, None)
 
     async def build(self, n_workers: int) -> None:
-        """Grow the tree, the pool and the gradient buffers for ``n_workers`` and start the spheres."""
+        """Plan the tree for ``n_workers``, start its spheres, and wait until every worker has the weights."""
         self.n_workers = n_workers
-        self.tree = build_tree(n_workers)
-        inner = [s for s in self.tree.walk() if s.children and s.id != ROOT]
-        self.buffer_row = {leaf.id: leaf.worker_index for leaf in self.tree.leaves()}
-        self.buffer_row.update({s.id: n_workers + i for i, s in enumerate(inner)})
-        rows = n_workers + len(inner)
-        self.grad_buffers = np.zeros((rows, self.layout.size), dtype=np.float32)
+        self.tree = plan_tree(n_workers)
+        self.route = routes(self.tree)[ROOT]
+        self.pool = ThreadPoolExecutor(max_workers=pool_threads(self.tree), thread_name_prefix="sphere")
+        self.ctx = SphereContext(self.layout, self.params, self.read_weights, self.pool, slices(self.tree),
+                                 self.step_timeout, self.dropout, self.seed)
+        self.update_plan = self.optimizer.plan(slices(self.tree))
         for leaf in self.tree.leaves():
-            index = leaf.worker_index
-            segment = self.grad_buffers[index]
-            if index in self.kernels:
-                self.kernels[index].segment = segment
-                self.kernels[index].grads = self.layout.tensors(segment)
-            else:
-                self.kernels[index] = WorkerKernels(self.cfg, self.layout, segment, index)
+            self.kernels.setdefault(leaf.worker, WorkerKernels(self.cfg, leaf.worker, self.precision))
         for index in [i for i in self.kernels if i >= n_workers]:
             del self.kernels[index]
-        self.slices = min(usable_cores(), n_workers)
-        self.update_plan = self.optimizer.plan(self.slices)
-        self.reduce_ranges = split_range(self.layout.size, self.slices)
-        self.pool = ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="sphere")
-        self.tree.machine.to(SphereState.READY)
-        for sphere in self.tree.walk():
-            if sphere.id != ROOT:
-                self.tasks[sphere.id] = asyncio.create_task(self.run_sphere(sphere), name=f"sphere-{sphere.id}")
-        for child in self.tree.children:
-            self.send(M.PARENT_SYNC, child, pl.ParentSync(step=self.optimizer.step, parent=ROOT))
-        self.introduce(self.tree)
-        # every worker asks for the weights and then for work; wait until all have
-        await self.collect(lambda m: m.type is M.WORK_REQUEST, n_workers, "workers to come up")
+        self.children, self.spheres = build_spheres(self.tree, self.inbox, self.ctx, self.kernels)
+        self.running = [self.tasks.create_task(s.run(), name=f"sphere-{s.id}") for s in self.spheres]
+        self.machine.to(S.READY)
+        await self.broadcast(M.PARENT_SYNC, pl.ParentSync(step=self.optimizer.step, parent=ROOT))
+        await introduce(ROOT, self.children, self.step_timeout)
+        async with self.deadline("the workers to come up"):
+            for _ in range(n_workers):  # every worker asks for the weights it will read
+                request = await self.expect(M.WEIGHTS_REQUEST)
+                await self.send(M.WEIGHTS_BROADCAST, request.sender,
+                                pl.WeightsBroadcast(step=self.optimizer.step, weights=self.ctx.params_ref()))
 
     async def resize(self, n_workers: int) -> None:
-        """Between steps: spawn or terminate workers (CHILD_SPAWN / CHILD_TERMINATE) and rebalance."""
+        """Between steps: stop the tree (CHILD_SPAWN or CHILD_TERMINATE) and grow one for ``n_workers``."""
         if n_workers == self.n_workers:
             return
         old = self.n_workers
         kind = M.CHILD_SPAWN if n_workers > old else M.CHILD_TERMINATE
-        payload = pl.ChildCount(count=n_workers)
-        await self.stop_spheres(kind, payload)
+        await self.stop_spheres(kind, pl.ChildCount(count=n_workers))
         await self.build(n_workers)
         log.info("workers_resized", before=old, after=n_workers)
 
     async def stop_spheres(self, kind: M, payload) -> None:
-        for child in self.tree.children:
-            self.send(kind, child, payload)
-        # a failed step's late error reports may still come in: they no longer matter to spheres that stop
-        await self.collect(lambda m: m.type is M.SHUTDOWN_ACK, len(self.tasks), "spheres to stop", errors_fail=False)
-        await asyncio.wait_for(asyncio.gather(*self.tasks.values(), return_exceptions=True), self.step_timeout)
-        self.tasks.clear()
-        # a thread stuck in a kernel (its step already failed by the timeout) cannot be joined: the pool's
-        # idle threads end, a stuck one is left behind rather than freezing the event loop for good
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        """Every sphere answers SHUTDOWN_ACK and ends its loop; one that cannot (a worker stuck in a kernel
+        past its step's timeout) is cancelled, and its thread left behind rather than freezing the loop."""
+        await self.broadcast(kind, payload)
+        try:
+            async with self.deadline("the spheres to stop"):
+                for _ in self.spheres:  # a failed step's late error reports no longer matter
+                    await self.expect(M.SHUTDOWN_ACK, errors_fail=False)
+        except StepFailed as error:
+            log.warning("spheres_not_stopped", error=str(error), action="cancelled")
+        await self.cancel()
+        self.machine = StateMachine(S.INITIALIZING, SPHERE_TRANSITIONS, "node zero")  # until the next tree is up
 
-    async def close(self) -> None:
-        if self.control.state is ControlState.STOPPED:
-            return
-        self.control.to(ControlState.STOPPING)
-        if self.tree is not None:
-            await self.stop_spheres(M.SHUTDOWN_REQUEST, pl.ShutdownRequest(reason="close", after_step=True))
-            self.tree.machine.to(SphereState.TERMINATING)
-            self.tree.machine.to(SphereState.TERMINATED)
-        self.control.to(ControlState.STOPPED)
-        log.info("node_zero_stopped")
+    async def cancel(self) -> None:
+        """End what is left of the tree's tasks and its pool (nothing, after a clean stop)."""
+        for task in self.running:
+            task.cancel()
+        await asyncio.gather(*self.running, return_exceptions=True)
+        self.running = []
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
 
-    # ----- messaging -----
+    # ----- messages -----
 
-    def send(self, kind: M, to: Sphere, payload, sender: int = ROOT) -> None:
-        message = make(kind, sender, to.id, payload)
-        if not to.inbox.put(message):
-            raise StepFailed(f"sphere {to.id}'s inbox is full")
+    async def send(self, kind: M, receiver: int, payload) -> None:
+        """To a sphere below, through the child whose subtree holds it."""
+        child = receiver if receiver in self.children else self.route[receiver]
+        await self.children[child].put(make(kind, ROOT, receiver, payload), self.step_timeout)
 
-    async def post_root(self, kind: M, payload, sender: int) -> None:
-        """A sphere's message straight to Node Zero, waiting for room while Node Zero's inbox is full."""
-        await self.tree.inbox.deliver(make(kind, sender, ROOT, payload), self.step_timeout)
+    async def broadcast(self, kind: M, payload) -> None:
+        for child in self.children:
+            await self.send(kind, child, payload)
 
-    async def collect(self, wanted, count: int, what: str, errors_fail: bool = True) -> list:
-        """Await ``count`` root messages matching ``wanted``; a worker's error fails the step.
+    def deadline(self, what: str):
+        return Deadline(self.step_timeout, what)
 
-        Control requests arriving meanwhile are kept for the next step boundary; anything
-        else (a late answer from a failed step) is dropped.
-        """
-        got = []
-        deadline = time.monotonic() + self.step_timeout
-        while len(got) < count:
-            try:
-                message = await self.tree.inbox.get(timeout=max(0.0, deadline - time.monotonic()))
-            except TimeoutError:
-                raise StepFailed(f"timed out after {self.step_timeout:g}s waiting for {what}", timed_out=True) from None
-            if wanted(message):
-                got.append(message)
-            elif message.type is M.ERROR_REPORT and errors_fail:
-                p = message.payload
-                raise StepFailed(f"sphere {p.sphere} failed in step {p.step}: {p.error_type}: {p.message}")
-            elif message.type is M.WEIGHTS_REQUEST:
-                sphere = self.find(message.sender)
-                self.send(M.WEIGHTS_BROADCAST, sphere, pl.WeightsBroadcast(step=self.optimizer.step,
-                                                                           weights=self.params_ref()))
-            elif message.type in CONTROL:
-                self.deferred.append(message)
-            else:
-                log.debug("message_dropped", type=message.type.name, sender=message.sender)
-        return got
+    async def expect(self, kind: M, errors_fail: bool = True) -> Message:
+        """The next message of ``kind`` (under the caller's deadline); another is logged and set aside, but
+        an error report fails what is awaited."""
+        while (message := await self.inbox.get(timeout=self.step_timeout)).type is not kind:
+            if message.type is M.ERROR_REPORT and errors_fail:
+                raise failure(message.payload)
+            log.debug("message_set_aside", type=message.type.name, sender=message.sender, waiting_for=kind.name)
+        return message
 
     def request(self, kind: M, payload, priority=None, sender: int = ROOT) -> Message:
-        """A control request (stop, stats, resize, checkpoint) from the event loop's thread, taken at the
-        next step boundary."""
+        """A control request (stop, stats, resize, checkpoint), taken at the next step boundary."""
         message = make(kind, sender, ROOT, payload, priority)
-        if not self.tree.inbox.put(message):
-            raise RuntimeError(f"Node Zero's inbox is full ({len(self.tree.inbox)} messages); try again")
+        self.requests.append(message)
         return message
 
     def take_requests(self) -> list:
         """Control requests waiting at the step boundary, highest priority first."""
-        waiting = self.deferred
-        self.deferred = []
-        while (message := self.tree.inbox.take()) is not None:
-            if message.type in CONTROL:
-                waiting.append(message)
+        waiting, self.requests = self.requests, []
         return sorted(waiting, key=lambda m: -m.priority)
 
     def take_events(self) -> list:
         events, self.events = self.events, []
         return events
 
-    def params_ref(self) -> pl.BufferRef:
-        return pl.BufferRef(name="params", offset=0, length=self.layout.size)
-
-    def segment_ref(self, sphere: Sphere) -> pl.BufferRef:
-        row = self.buffer_row[sphere.id]
-        return pl.BufferRef(name="grad_buffers", offset=row * self.layout.size, length=self.layout.size)
-
-    def resolve(self, ref: pl.BufferRef) -> np.ndarray:
-        buffer = self.params if ref.name == "params" else self.grad_buffers.reshape(-1)
-        return buffer[ref.offset:ref.offset + ref.length]
-
-    def gradient_row(self, report: Message) -> int:
-        """The row of ``grad_buffers`` a GRADIENT_READY or GRADIENT_ACCUMULATE refers to."""
-        p = report.payload
-        ref = p.grad_segment if report.type is M.GRADIENT_READY else p.result
-        return ref.offset // self.layout.size
-
-    def find(self, sphere_id: int) -> Sphere:
-        return next(s for s in self.tree.walk() if s.id == sphere_id)
-
-    def route(self, sphere: Sphere, worker_index: int) -> Sphere:
-        """The child of ``sphere`` whose subtree holds worker ``worker_index``."""
-        return next(c for c in sphere.children if any(l.worker_index == worker_index for l in c.leaves()))
+    @property
+    def workers(self) -> list:
+        return [s for s in self.spheres if isinstance(s, WorkerSphere)]
 
     # ----- one training step -----
 
-    def micro_batches(self, rows: int) -> list:
-        """(leaf, row_start, row_stop) for every worker: the batch's rows as evenly as possible."""
-        leaves = self.tree.leaves()
-        base, extra = divmod(rows, len(leaves))
-        plan, start = [], 0
-        for i, leaf in enumerate(leaves):
-            stop = start + base + (1 if i < extra else 0)
-            plan.append((leaf, start, stop))
-            start = stop
-        return plan
+    async def step(self, step: int, tokens: np.ndarray, targets: np.ndarray, lr: float, clip_norm: float = 0.0,
+                   micro_steps: int = 1) -> StepResult:
+        """One optimizer step over the step's rows ``tokens``, ``targets`` (B,T), cut into micro-batches
+        (``micro_batches`` per micro-step, ``micro_steps`` micro-steps).
 
-    async def step(self, step: int, batches: list, lr: float, clip_norm: float = 0.0) -> StepResult:
-        """One optimizer step over ``batches``, a list of (tokens, targets) (B,T) micro-steps whose
-        gradients accumulate (one entry: no accumulation).
-
-        A worker that raises fails the micro-step; it is retried ``self.retries`` times
-        (ERROR_RECOVERY "retry") before StepFailed reaches the caller. A worker that does
-        not answer within ``step_timeout`` fails it at once: its thread may still be running.
+        A worker that raises fails the round: it is posted again (ERROR_RECOVERY "retry") up to
+        ``retries`` times before StepFailed reaches the caller. A round not complete within
+        ``step_timeout`` fails the step at once: a worker's thread may still be running.
         """
         started = time.perf_counter()
-        dloss = 1.0 / sum(tokens.size for tokens, _ in batches)
-        loss_sum, n_tokens, kernel_s = 0.0, 0, 0.0
-        first_row = 0  # the global row of each micro-step's first sequence in the step's batch
-        for k, (tokens, targets) in enumerate(batches):
-            reports = await self.dispatch_with_retry(step, tokens, targets, dloss, first_row)
-            first_row += len(tokens)
-            loss_sum += sum(r.payload.loss_sum for r in reports)
-            n_tokens += sum(r.payload.tokens for r in reports)
-            self.tree.machine.to(SphereState.ACCUMULATING)
-            grad, sumsq, reduce_s = await self.reduce([self.gradient_row(r) for r in reports], self.grad,
-                                                      accumulate=k > 0, in_place=len(batches) == 1)
-            kernel_s += max(r.payload.busy_s for r in reports) + reduce_s
-            self.tree.machine.to(SphereState.WAITING)
-        grad_norm = math.sqrt(sumsq)
+        busy = {w.index: w.stats.busy_s for w in self.workers}
+        work, total = await self.run_with_retries(step, "train", tokens, targets, self.cuts(len(tokens), micro_steps))
+        self.machine.to(S.ACCUMULATING)
+        grad = self.ctx.segment(total.slot)
+        loss_sum, n_tokens = total.loss_sum, total.tokens
+        if self.ranks is not None:  # every rank ends up with the whole step's gradient, loss and tokens
+            loss_sum, n_tokens = await self.ranks.sum_step(grad, self.rank_buckets, loss_sum, n_tokens, step)
+        norm_started = time.perf_counter()
+        grad_norm = await self.ctx.norm(grad)
+        norm_s = time.perf_counter() - norm_started
         loss = loss_sum / n_tokens
         applied = math.isfinite(loss) and math.isfinite(grad_norm)
         self.events.append(make(M.GRADIENT_COMPLETE, ROOT, ROOT, pl.GradientComplete(
             step=step, tokens=n_tokens, loss=loss, grad_norm=grad_norm)))
-
-        self.tree.machine.to(SphereState.ACCUMULATING)
-        self.tree.machine.to(SphereState.UPDATING)
+        self.machine.to(S.UPDATING)
+        update_s = 0.0
         if applied:  # a non-finite loss or gradient never reaches the weights
             scale = min(1.0, clip_norm / (grad_norm + 1e-6)) if clip_norm > 0 else 1.0
-            kernel_s += await self.update(grad, lr, scale)
-        for child in self.tree.children:
-            self.send(M.WEIGHTS_UPDATED, child, pl.WeightsUpdated(step=step, lr=lr, weights=self.params_ref()))
-        self.tree.machine.to(SphereState.READY)
+            update_s = await self.update(grad, lr, scale)
+        self.ctx.release(total.slot)
+        await self.broadcast(M.WEIGHTS_UPDATED, pl.WeightsUpdated(step=step, lr=lr, weights=self.ctx.params_ref()))
+        self.machine.to(S.READY)
+        busiest = max(w.stats.busy_s - busy.get(w.index, 0.0) for w in self.workers)
         return StepResult(step=step, loss=loss, tokens=n_tokens, grad_norm=grad_norm, applied=applied,
-                          seconds=time.perf_counter() - started, kernel_seconds=kernel_s)
+                          seconds=time.perf_counter() - started, kernel_seconds=busiest + work.sum_s + norm_s + update_s,
+                          taken=dict(work.taken))
 
-    async def dispatch_with_retry(self, step: int, tokens: np.ndarray, targets: np.ndarray, dloss: float,
-                                  first_row: int = 0) -> list:
+    def cuts(self, rows: int, micro_steps: int = 1) -> list:
+        """(first row, rows) of this process's micro-batches of a batch of ``rows`` rows: ``micro_batches`` per
+        micro-step (one per worker by default) over its rank's contiguous share of the rows (all of them, alone).
+        Rows keep their place in the batch, so a dropout mask does not depend on who computes the row."""
+        a, b = (0, rows) if self.ranks is None else self.ranks.share(rows)
+        count = min(b - a, (self.micro_batches or self.n_workers) * micro_steps)
+        return [(a + first, size) for first, size in cut(b - a, count)]
+
+    async def run_with_retries(self, step: int, kind: str, tokens: np.ndarray, targets: np.ndarray,
+                               cuts: list) -> tuple:
         for attempt in range(self.retries + 1):
             try:
-                return await self.dispatch(step, tokens, targets, dloss, first_row)
+                return await self.run_round(step, kind, tokens, targets, cuts)
             except StepFailed as error:
                 action = "retry" if attempt < self.retries and not error.timed_out else "fail"
-                log.warning("step_failed", step=step, attempt=attempt + 1, action=action, error=str(error))
+                log.warning("step_failed", step=step, round=self.rounds, attempt=attempt + 1, action=action,
+                            error=str(error))
                 await self.recover(step, action)
                 if action == "fail":
                     raise
 
-    async def dispatch(self, step: int, tokens: np.ndarray, targets: np.ndarray, dloss: float,
-                       first_row: int = 0) -> list:
-        """BATCH_START down the tree; returns the GRADIENT_READY / GRADIENT_ACCUMULATE that reach the root.
-        ``first_row`` is the global row of ``tokens[0]`` in the step's batch (for the dropout masks)."""
-        self.batch = (tokens, targets, dloss, first_row)
-        active = set()
-        for leaf, a, b in self.micro_batches(len(tokens)):
-            if b == a:  # more workers than rows: this one sits the step out
-                leaf.machine.to(SphereState.IDLE)
+    async def run_round(self, step: int, kind: str, tokens: np.ndarray, targets: np.ndarray, cuts: list) -> tuple:
+        """Post the micro-batches ``cuts`` of ``tokens`` as work and gather every answer under one deadline;
+        returns (the Round, its pairwise sum)."""
+        self.rounds += 1
+        start = pl.BatchStart(step=step, round=self.rounds, kind=kind, micro_batches=len(cuts),
+                              seq_len=tokens.shape[1])
+        if kind == "train":
+            self.ctx.reserve(segments_needed(len(cuts), self.n_workers))
+        self.ctx.load(tokens, targets)
+        work = Round(self.rounds, start, cuts, 1.0 / tokens.size, self.ctx)
+        self.machine.to(S.WAITING)
+        await self.broadcast(M.BATCH_START, start)
+        deadline = time.monotonic() + self.step_timeout
+        while work.total is None:
+            left = deadline - time.monotonic()
+            try:
+                message = await self.inbox.get(timeout=max(0.0, min(left, POLL_S) if work.stalled else left))
+            except TimeoutError:
+                if time.monotonic() >= deadline:
+                    what = f"the gradients of step {step}" if kind == "train" else "the validation losses"
+                    raise StepFailed(f"timed out after {self.step_timeout:g}s waiting for {what}",
+                                     timed_out=True) from None
             else:
-                child = self.route(self.tree, leaf.worker_index)
-                active.add(child.id)
-                self.send(M.BATCH_START, child, pl.BatchStart(step=step, micro_batch=leaf.worker_index, row_start=a,
-                                                              row_stop=b, grad_segment=self.segment_ref(leaf)))
-        self.tree.machine.to(SphereState.WAITING)
-        reports = await self.collect(
-            lambda m: m.type in GRADIENTS and m.payload.step == step, len(active), f"the gradients of step {step}")
-        return sorted(reports, key=lambda r: r.sender)  # a fixed summation order, whatever the arrival order
+                await self.answer(work, message)
+            for worker, offer in work.offers():
+                await self.send(M.WORK_OFFER, worker, offer)
+        return work, work.total
 
-    async def reduce(self, rows: list, out: np.ndarray, accumulate: bool = False, in_place: bool = True) -> tuple:
-        """Sum gradient rows into (or, accumulating, onto) ``out`` across the pool by parameter slices.
-
-        Returns (gradient, its sum of squares, seconds of the slowest slice). A single row
-        is used where it is, without a copy, when ``in_place`` allows.
-        """
-        loop = asyncio.get_running_loop()
-        if len(rows) == 1 and in_place:
-            grad = self.grad_buffers[rows[0]]
-            parts = [loop.run_in_executor(self.pool, timed, sum_squares, grad, a, b) for a, b in self.reduce_ranges]
-        else:
-            grad = out
-            index = np.array(rows, dtype=np.int64)
-            parts = [loop.run_in_executor(self.pool, timed, sum_segments, out, self.grad_buffers, index, a, b,
-                                          accumulate) for a, b in self.reduce_ranges]
-        results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
-        return grad, sum(r for r, _ in results), max(s for _, s in results)
+    async def answer(self, work: Round, message: Message) -> None:
+        """What Node Zero does with one message of a round."""
+        kind, p = message.type, message.payload
+        if kind is M.ERROR_REPORT:
+            raise failure(p)
+        if getattr(p, "round", None) != work.number:  # an answer of a round that failed: its work is forgotten
+            log.debug("message_set_aside", type=kind.name, sender=message.sender, round=getattr(p, "round", None))
+        elif kind is M.WORK_REQUEST:
+            work.asking.extend([message.sender] * p.capacity)
+        elif kind is M.WORK_ACCEPT:
+            work.taken[p.worker] += 1
+            work.offered.pop(p.micro_batch)
+        elif kind is M.WORK_REJECT:
+            work.rejected(p.micro_batch)
+        elif kind in (M.GRADIENT_READY, M.GRADIENT_ACCUMULATE):
+            self.machine.to(S.ACCUMULATING)
+            started = time.perf_counter()
+            await work.receive(Part(p.first, p.last + 1, p.result.offset // p.result.length, p.tokens, p.loss_sum,
+                                    p.busy_s))
+            if not work.waiting:  # once all is handed out, Node Zero's sums are on the step's critical path
+                work.sum_s += time.perf_counter() - started
+            self.machine.to(S.WAITING)
+        elif kind is M.BATCH_COMPLETE:
+            await work.receive(Part(p.micro_batch, p.micro_batch + 1, -1, p.tokens, p.loss_sum, p.busy_s, p.hits))
 
     async def update(self, grad: np.ndarray, lr: float, grad_scale: float) -> float:
         """The optimizer step across the pool by parameter slices; returns the slowest slice's seconds."""
@@ -357,269 +352,84 @@ class NodeZero:
         self.optimizer.step += 1
         parts = [loop.run_in_executor(self.pool, timed, self.optimizer.update_slice, self.params, grad, pieces, lr,
                                       grad_scale) for pieces in self.update_plan]
-        results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
-        return max(s for _, s in results)
+        seconds = max(await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout))
+        if self.weights16 is not None:  # the products' weights, rounded once per step
+            started = time.perf_counter()
+            await self.ctx.split(refresh_slice, self.weights16, self.params)
+            seconds += time.perf_counter() - started
+        return seconds
 
     async def recover(self, step: int, action: str) -> None:
-        """After a failed step: every sphere drops the step (ERROR_RECOVERY); returns when all have."""
-        for child in self.tree.children:
-            self.send(M.ERROR_RECOVERY, child, pl.ErrorRecovery(step=step, action=action))
-        await self.collect(lambda m: m.type is M.ERROR_RECOVERY, len(self.tree.children), "spheres to recover",
-                           errors_fail=False)
-        self.tree.inbox.drop(GRADIENTS | {M.ERROR_REPORT})
-        self.tree.machine.to(SphereState.READY)
+        """After a failed round: every sphere forgets it (ERROR_RECOVERY); returns when all have."""
+        await self.broadcast(M.ERROR_RECOVERY, pl.ErrorRecovery(step=step, round=self.rounds, action=action))
+        async with self.deadline("the spheres to recover"):
+            answered = 0
+            while answered < len(self.children):
+                message = await self.inbox.get(timeout=self.step_timeout)
+                answered += message.type is M.ERROR_RECOVERY
+        self.machine.to(S.READY)
 
     # ----- evaluation -----
 
-    async def evaluate(self, batches: list) -> float:
-        """Mean cross-entropy over ``batches`` of (tokens, targets), forward only.
-
-        Each batch's rows are offered to the workers (WORK_OFFER); a worker accepts and answers
-        BATCH_COMPLETE with the summed loss, or rejects when it is not ready and the rows go to
-        the next worker.
-        """
-        self.notify(M.BOUNDARY_REGION_ENTER, pl.Region(step=self.optimizer.step, position=0, kind="validation"))
-        total, count = 0.0, 0
-        leaves = self.tree.leaves()
-        for index, (tokens, targets) in enumerate(batches):
-            self.batch = (tokens, targets, 0.0, 0)
-            offers = {leaf.worker_index: (leaf, a, b) for leaf, a, b in self.micro_batches(len(tokens)) if b > a}
-            for leaf, a, b in offers.values():
-                self.send(M.WORK_OFFER, leaf, pl.WorkOffer(step=index, micro_batch=leaf.worker_index, row_start=a,
-                                                           row_stop=b))
-            losses = {}  # micro_batch -> summed loss, added in a fixed order whatever the arrival order
-            while len(losses) < len(offers):
-                reply = (await self.collect(lambda m: m.type in EVAL_REPLIES and m.payload.step == index, 1,
-                                            "validation rows"))[0]
-                p = reply.payload
-                if reply.type is M.WORK_ACCEPT:
-                    continue
-                if reply.type is M.WORK_REJECT:  # hand the rows to the next worker
-                    _, a, b = offers[p.micro_batch]
-                    other = leaves[(p.micro_batch + 1) % len(leaves)]
-                    offers[p.micro_batch] = (other, a, b)
-                    self.send(M.WORK_OFFER, other, pl.WorkOffer(step=index, micro_batch=p.micro_batch, row_start=a,
-                                                                row_stop=b))
-                    continue
-                losses[p.micro_batch] = p.loss_sum
-                count += p.tokens
-            total += sum(losses[k] for k in sorted(losses))
-        self.notify(M.BOUNDARY_REGION_EXIT, pl.Region(step=self.optimizer.step, position=0, kind="validation"))
-        return total / count
-
-    def notify(self, kind: M, payload) -> None:
-        """A notice about the token stream (epochs, boundaries, interval steps) for every sphere."""
-        for child in self.tree.children:
-            self.send(kind, child, payload)
+    async def evaluate(self, batches: list) -> tuple:
+        """(mean cross-entropy, token accuracy) over ``batches`` of (tokens, targets), forward only: one round
+        of micro-batches (each batch cut as a step's micro-step is), answered by BATCH_COMPLETE and added in
+        the pairwise order. The accuracy is the share of tokens whose target was the likeliest."""
+        tokens = np.concatenate([x for x, _ in batches])
+        targets = np.concatenate([y for _, y in batches])
+        cuts, base = [], 0
+        for x, _ in batches:
+            cuts += [(base + first, rows) for first, rows in self.cuts(len(x))]
+            base += len(x)
+        _, total = await self.run_with_retries(self.optimizer.step, "eval", tokens, targets, cuts)
+        self.machine.to(S.READY)
+        loss_sum, n_tokens, hits = total.loss_sum, total.tokens, total.hits
+        if self.ranks is not None:
+            loss_sum, n_tokens, hits = await self.ranks.sum_scores(loss_sum, n_tokens, hits)
+        return loss_sum / n_tokens, hits / n_tokens
 
     # ----- statistics -----
 
     async def stats(self) -> dict:
         """Per-sphere statistics rolled up the tree (STATS_REQUEST down, STATS_REPORT up)."""
-        for child in self.tree.children:
-            self.send(M.STATS_REQUEST, child, pl.StatsRequest())
-        reports = await self.collect(lambda m: m.type is M.STATS_REPORT, len(self.tree.children), "statistics")
-        children = [report_dict(r.payload) for r in sorted(reports, key=lambda r: r.sender)]
-        return {"sphere": ROOT, **totals(children), "children": children}
+        await self.broadcast(M.STATS_REQUEST, pl.StatsRequest())
+        async with self.deadline("statistics"):
+            reports = [(await self.expect(M.STATS_REPORT)).payload for _ in self.children]
+        children = [report_dict(r) for r in sorted(reports, key=lambda r: r.sphere)]
+        return {"sphere": ROOT, "group": 0, **totals(children), "children": children}
 
-    # ----- the spheres -----
 
-    async def run_sphere(self, sphere: Sphere) -> None:
-        """A sphere's message loop; a fault inside it is reported to Node Zero, never swallowed."""
+class Deadline:
+    """``async with``: the awaits inside must end within ``seconds``, or StepFailed names what was awaited."""
+
+    def __init__(self, seconds: float, what: str):
+        self.seconds, self.what = seconds, what
+
+    async def __aenter__(self):
+        self.timeout = asyncio.timeout(self.seconds)
+        await self.timeout.__aenter__()
+
+    async def __aexit__(self, kind, error, traceback):
         try:
-            await self.sphere_loop(sphere)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:
-            log.error("sphere_crashed", sphere=sphere.id, error_type=type(error).__name__, error=str(error))
-            await self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=self.optimizer.step, sphere=sphere.id,
-                                                          error_type=type(error).__name__,
-                                                          message=str(error) or repr(error)), sphere.id)
-
-    async def sphere_loop(self, sphere: Sphere) -> None:
-        """Workers compute, groups relay and reduce."""
-        pending = {}  # step -> [children expected, reports received]
-        stats_wait = []
-        while True:
-            try:
-                message = await sphere.inbox.get(timeout=self.step_timeout)
-            except TimeoutError:
-                continue
-            kind, p = message.type, message.payload
-            if kind is M.PARENT_SYNC:
-                sphere.machine.to(SphereState.READY)
-                for child in sphere.children:
-                    self.send(M.PARENT_SYNC, child, pl.ParentSync(step=p.step, parent=sphere.id), sphere.id)
-                self.introduce(sphere)
-                if sphere.is_worker:
-                    await self.post_root(M.WEIGHTS_REQUEST, pl.WeightsRequest(step=p.step), sphere.id)
-            elif kind is M.SIBLING_DISCOVER:
-                sphere.group, sphere.siblings = p.group, list(p.siblings)
-            elif kind in NOTICES:
-                sphere.notices[kind] += 1
-                if kind is M.EPOCH_START:
-                    sphere.epoch = p.epoch
-                for child in sphere.children:
-                    self.send(kind, child, p, sphere.id)
-            elif kind is M.WORK_OFFER:
-                await self.run_offer(sphere, message)
-            elif kind is M.WEIGHTS_BROADCAST:
-                await self.post_root(M.WORK_REQUEST, pl.WorkRequest(worker=sphere.worker_index,
-                                                              capacity=self.n_workers), sphere.id)
-            elif kind is M.BATCH_START and sphere.is_worker:
-                await self.run_micro_batch(sphere, p)
-            elif kind is M.BATCH_START:
-                child = self.route(sphere, p.micro_batch)
-                entry = pending.setdefault(p.step, [set(), []])
-                entry[0].add(child.id)
-                sphere.machine.to(SphereState.WAITING)
-                self.send(M.BATCH_START, child, p, sphere.id)
-            elif kind in GRADIENTS:
-                entry = pending.get(p.step)
-                if entry is None:  # a late answer of a failed step
-                    continue
-                entry[1].append(message)
-                if len(entry[1]) == len(entry[0]):
-                    del pending[p.step]
-                    await self.accumulate(sphere, p.step, sorted(entry[1], key=lambda r: r.sender))
-            elif kind is M.WEIGHTS_UPDATED:
-                sphere.machine.to(SphereState.READY)
-                for child in sphere.children:
-                    self.send(M.WEIGHTS_UPDATED, child, p, sphere.id)
-            elif kind is M.ERROR_RECOVERY:
-                pending.clear()
-                if sphere.state not in (SphereState.READY, SphereState.WAITING):  # WAITING: the weights are already updated
-                    sphere.machine.to(SphereState.READY)
-                await self.relay_up(sphere, message, M.ERROR_RECOVERY)
-            elif kind is M.STATS_REQUEST:
-                stats_wait = []
-                if sphere.is_worker:
-                    await self.reply_up(sphere, M.STATS_REPORT, sphere_report(sphere, []))
-                else:
-                    for child in sphere.children:
-                        self.send(M.STATS_REQUEST, child, p, sphere.id)
-            elif kind is M.STATS_REPORT:
-                stats_wait.append(message)
-                if len(stats_wait) == len(sphere.children):
-                    children = [r.payload for r in sorted(stats_wait, key=lambda r: r.sender)]
-                    await self.reply_up(sphere, M.STATS_REPORT, sphere_report(sphere, children))
-            elif kind in (M.SHUTDOWN_REQUEST, M.CHILD_SPAWN, M.CHILD_TERMINATE):
-                for child in sphere.children:
-                    self.send(kind, child, p, sphere.id)
-                sphere.machine.to(SphereState.TERMINATING)
-                sphere.machine.to(SphereState.TERMINATED)
-                await self.post_root(M.SHUTDOWN_ACK, pl.ShutdownAck(sphere=sphere.id), sphere.id)
-                return
-
-    async def relay_up(self, sphere: Sphere, message: Message, kind: M) -> None:
-        """Pass ``kind`` down to the children, wait for all of their answers, then answer the parent."""
-        if not sphere.children:
-            await self.reply_up(sphere, kind, message.payload)
-            return
-        for child in sphere.children:
-            self.send(kind, child, message.payload, sphere.id)
-        answers = 0
-        while answers < len(sphere.children):
-            reply = await sphere.inbox.get(timeout=self.step_timeout)
-            if reply.type is kind:
-                answers += 1
-        sphere.inbox.drop(GRADIENTS)
-        await self.reply_up(sphere, kind, message.payload)
-
-    def introduce(self, sphere: Sphere) -> None:
-        """SIBLING_DISCOVER: tell each child its symmetry group and the spheres beside it."""
-        ids = [child.id for child in sphere.children]
-        for child in sphere.children:
-            self.send(M.SIBLING_DISCOVER, child, pl.SiblingDiscover(group=sphere.id, siblings=ids), sphere.id)
-
-    async def run_offer(self, sphere: Sphere, message: Message) -> None:
-        """WORK_OFFER to a worker: forward-only rows, answered by BATCH_COMPLETE (or WORK_REJECT)."""
-        p = message.payload
-        if sphere.state not in (SphereState.READY, SphereState.WAITING):  # WAITING: the weights are already updated
-            await self.post_root(M.WORK_REJECT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch,
-                                                       reason=f"sphere is {sphere.state.name}"), sphere.id)
-            return
-        await self.post_root(M.WORK_ACCEPT, pl.WorkReply(step=p.step, micro_batch=p.micro_batch, reason=""), sphere.id)
-        sphere.machine.to(SphereState.PROCESSING)
-        tokens, targets, _, _ = self.batch
-        loop = asyncio.get_running_loop()
-        try:
-            loss_sum, busy = await asyncio.wait_for(loop.run_in_executor(
-                self.pool, self.kernels[sphere.worker_index].evaluate, self.weights, tokens[p.row_start:p.row_stop],
-                targets[p.row_start:p.row_stop]), self.step_timeout)
-        except Exception as error:
-            sphere.machine.to(SphereState.READY)
-            await self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=self.optimizer.step, sphere=sphere.id,
-                                                          error_type=type(error).__name__,
-                                                          message=str(error) or repr(error)), sphere.id)
-            return
-        sphere.machine.to(SphereState.READY)
-        await self.post_root(M.BATCH_COMPLETE, pl.BatchComplete(step=p.step, micro_batch=p.micro_batch,
-                                                          tokens=(p.row_stop - p.row_start) * tokens.shape[1],
-                                                          loss_sum=loss_sum, busy_s=busy), sphere.id)
-
-    async def reply_up(self, sphere: Sphere, kind: M, payload) -> None:
-        """A sphere's answer to its parent, waiting for room while the parent's inbox is full."""
-        parent = sphere.parent
-        await parent.inbox.deliver(make(kind, sphere.id, parent.id, payload), self.step_timeout)
-
-    async def run_micro_batch(self, sphere: Sphere, p) -> None:
-        """A worker's BATCH_START: its rows' forward and backward on a pool thread, then GRADIENT_READY."""
-        sphere.machine.to(SphereState.PROCESSING)
-        tokens, targets, dloss, first_row = self.batch
-        kernels = self.kernels[sphere.worker_index]
-        drop = Dropout(self.dropout, step_key(self.seed, p.step), first_row + p.row_start) if self.dropout else None
-        loop = asyncio.get_running_loop()
-        waited = time.perf_counter()
-        try:
-            future = loop.run_in_executor(self.pool, kernels.train, self.weights, tokens[p.row_start:p.row_stop],
-                                          targets[p.row_start:p.row_stop], dloss, drop)
-            loss_sum, busy = await asyncio.wait_for(future, self.step_timeout)
-        except Exception as error:  # reported, never raised through the event loop
-            if sphere.state is SphereState.PROCESSING:
-                sphere.machine.to(SphereState.READY)
-            await self.post_root(M.ERROR_REPORT, pl.ErrorReport(step=p.step, sphere=sphere.id,
-                                                          error_type=type(error).__name__,
-                                                          message=str(error) or repr(error)), sphere.id)
-            return
-        n_tokens = (p.row_stop - p.row_start) * tokens.shape[1]
-        stats = sphere.stats
-        stats.batches += 1
-        stats.tokens += n_tokens
-        stats.busy_s += busy
-        stats.waiting_s += max(0.0, time.perf_counter() - waited - busy)
-        sphere.machine.to(SphereState.WAITING)
-        await self.reply_up(sphere, M.GRADIENT_READY, pl.GradientReady(
-            step=p.step, micro_batch=p.micro_batch, tokens=n_tokens, loss_sum=loss_sum, busy_s=busy,
-            grad_segment=p.grad_segment))
-
-    async def accumulate(self, sphere: Sphere, step: int, reports: list) -> None:
-        """A group's children have all reported: sum their segments into the group's own, pass it up."""
-        sphere.machine.to(SphereState.ACCUMULATING)
-        rows = [self.gradient_row(r) for r in reports]
-        own = self.buffer_row[sphere.id]
-        if len(rows) == 1:
-            own, reduce_s = rows[0], 0.0
-        else:
-            _, _, reduce_s = await self.reduce(rows, self.grad_buffers[own], in_place=False)
-        sphere.machine.to(SphereState.WAITING)
-        ref = pl.BufferRef(name="grad_buffers", offset=own * self.layout.size, length=self.layout.size)
-        await self.reply_up(sphere, M.GRADIENT_ACCUMULATE, pl.GradientAccumulate(
-            step=step, group=sphere.id, sources=[r.sender for r in reports], tokens=sum(r.payload.tokens for r in reports),
-            loss_sum=sum(r.payload.loss_sum for r in reports), busy_s=max(r.payload.busy_s for r in reports) + reduce_s,
-            result=ref))
+            await self.timeout.__aexit__(kind, error, traceback)
+        except TimeoutError:
+            kind = TimeoutError
+        if kind is TimeoutError:
+            raise StepFailed(f"timed out after {self.seconds:g}s waiting for {self.what}", timed_out=True) from None
 
 
-def timed(fn, *args) -> tuple:
+def refresh_slice(start: int, stop: int, weights16: Weights16, params: np.ndarray) -> None:
+    weights16.refresh(params, start, stop)
+
+
+def failure(p: pl.ErrorReport) -> StepFailed:
+    return StepFailed(f"sphere {p.sphere} failed in step {p.step}: {p.error_type}: {p.message}")
+
+
+def timed(fn, *args) -> float:
     start = time.perf_counter()
-    result = fn(*args)
-    return result, time.perf_counter() - start
-
-
-def sphere_report(sphere: Sphere, children: list) -> pl.StatsReport:
-    s = sphere.stats
-    return pl.StatsReport(sphere=sphere.id, batches=s.batches, tokens=s.tokens, busy_s=s.busy_s,
-                          waiting_s=s.waiting_s, children=children)
+    fn(*args)
+    return time.perf_counter() - start
 
 
 STAT_KEYS = ("batches", "tokens", "busy_s", "waiting_s")
@@ -630,7 +440,7 @@ def totals(children: list) -> dict:
 
 
 def report_dict(report: pl.StatsReport) -> dict:
-    """A sphere's report as a dict; an inner sphere's counters are its children's totals."""
+    """A sphere's report as a dict; a group's counters are its children's totals."""
     children = [report_dict(c) for c in report.children]
     own = totals(children) if children else {key: getattr(report, key) for key in STAT_KEYS}
-    return {"sphere": report.sphere, **own, "children": children}
+    return {"sphere": report.sphere, "group": report.group, **own, "children": children}

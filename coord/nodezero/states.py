@@ -11,12 +11,12 @@ class IllegalTransition(RuntimeError):
 
 class SphereState(Enum):
     INITIALIZING = "initializing"
-    READY = "ready"
-    PROCESSING = "processing"  # a worker running its micro-batch's kernels
-    WAITING = "waiting"  # waiting on children's gradients or on the weights update
-    ACCUMULATING = "accumulating"  # summing children's gradient segments
-    UPDATING = "updating"  # the root applying the optimizer step
-    IDLE = "idle"  # a worker with no rows in this step
+    READY = "ready"  # holds the weights of the last step
+    IDLE = "idle"  # a worker that has asked for work and has none in hand
+    PROCESSING = "processing"  # a worker running a micro-batch's kernels
+    WAITING = "waiting"  # a group or Node Zero during a round, waiting on gradients
+    ACCUMULATING = "accumulating"  # summing gradient ranges
+    UPDATING = "updating"  # Node Zero applying the optimizer step
     TERMINATING = "terminating"
     TERMINATED = "terminated"
 
@@ -32,12 +32,12 @@ class ControlState(Enum):
 S = SphereState
 SPHERE_TRANSITIONS = {
     S.INITIALIZING: {S.READY, S.TERMINATING},
-    S.READY: {S.PROCESSING, S.WAITING, S.IDLE, S.TERMINATING},
-    S.PROCESSING: {S.WAITING, S.READY},
-    S.WAITING: {S.PROCESSING, S.ACCUMULATING, S.READY, S.IDLE, S.TERMINATING},  # PROCESSING: the next micro-step
+    S.READY: {S.IDLE, S.WAITING, S.TERMINATING},
+    S.IDLE: {S.PROCESSING, S.READY, S.TERMINATING},
+    S.PROCESSING: {S.IDLE, S.READY},
+    S.WAITING: {S.ACCUMULATING, S.UPDATING, S.READY, S.TERMINATING},
     S.ACCUMULATING: {S.WAITING, S.UPDATING, S.READY},
     S.UPDATING: {S.READY},
-    S.IDLE: {S.READY, S.TERMINATING},
     S.TERMINATING: {S.TERMINATED},
     S.TERMINATED: set(),
 }

@@ -43,6 +43,7 @@ from .notify import Notifier, WatchdogGate
 from ..training.config import with_values
 from ..training.run import open_run
 from .config import load_config, merge_job, reload_changes
+from .follower import IDLE, STOP, job_offer, offer, open_on_every_rank
 
 log = structlog.get_logger("cllm.service")
 
@@ -65,12 +66,13 @@ class Service:
         self.last_status = {}
         self.workers = None  # a worker count asked for while no run was in progress
         self.state_lock = None  # the descriptor holding <state_dir>/daemon.lock
+        self.ranks = None  # under mpiexec, rank 0's Ranks: the other ranks are Followers (service/follower.py)
 
     # ----- lifecycle -----
 
     async def run(self) -> int:
         c = self.config
-        configure(c.logging.format, c.logging.level)
+        configure(c.logging.format, c.logging.level, rank=self.rank)
         os.umask(os.umask(UMASK) | UMASK)
         self.state_lock = claim_state_dir(c.service.state_dir)
         self.jobs = JobStore(c.service.state_dir)
@@ -94,6 +96,8 @@ class Service:
                         continue
                     await self.run_job(job)
         finally:
+            if self.ranks is not None:
+                await offer(self.ranks, STOP)
             self.notifier.stopping()
             await control.close()
             if self.metrics is not None:
@@ -112,6 +116,8 @@ class Service:
             except TimeoutError:
                 pass
             self.watchdog.progress()  # nothing to train is not a stuck training
+            if self.ranks is not None:
+                await offer(self.ranks, IDLE)
 
     async def run_job(self, job) -> None:
         c = self.config
@@ -125,7 +131,7 @@ class Service:
             if saved and saved.step >= run.steps:
                 self.jobs.set(job, "done", f"finished at step {saved.step}")
                 return
-            self.trainer = open_run(run, resumed, saved)
+            self.trainer = await self.open_job(run, resumed, saved)
         except UserError as error:
             log.error("job_refused", job=job.id, error=str(error))
             self.jobs.set(job, "failed", str(error))
@@ -160,6 +166,18 @@ class Service:
             self.trainer, self.job = None, None
             self.follow_metrics()
 
+    async def open_job(self, run, resumed, saved):
+        """The job's Trainer; under mpiexec, offered to the other ranks and opened on every rank."""
+        if self.ranks is None:
+            return open_run(run, resumed, saved)
+        offered = job_offer(run, resumed, saved)
+        await offer(self.ranks, offered)
+        return open_on_every_rank(self.ranks, offered)
+
+    @property
+    def rank(self) -> int | None:
+        return None if self.ranks is None else self.ranks.rank
+
     def pause_job(self, job, error: OperationalError) -> None:
         log.error("job_paused", job=job.id, error=str(error), action="fix the cause, then 'cllm ctl resume' or restart")
         self.jobs.set(job, "paused", str(error))
@@ -191,7 +209,7 @@ class Service:
                 self.metrics.observe_step(info["loss"], info["tokens"], info["seconds"])
                 self.metrics.set_workers(trainer.node.n_workers)
                 if trainer.last_val_loss is not None:
-                    self.metrics.observe_eval(trainer.last_val_loss)
+                    self.metrics.observe_eval(trainer.last_val_loss, trainer.last_val_accuracy)
                 self.follow_metrics()
 
         def batch_start(info):
@@ -227,8 +245,12 @@ class Service:
             self.notifier.reloaded()
             return
         changed, restart = reload_changes(self.config, new)
+        if self.ranks is not None:  # every rank must evaluate and checkpoint at the same steps: a restart does that
+            restart += [key for key in changed if key != "logging.level"]
+            changed = {key: value for key, value in changed.items() if key == "logging.level"}
+            new = dataclasses.replace(new, run=self.config.run)
         if "logging.level" in changed:
-            configure(self.config.logging.format, new.logging.level)
+            configure(self.config.logging.format, new.logging.level, rank=self.rank)
         intervals = {"eval_interval": new.run.eval.interval, "checkpoint_interval": new.run.checkpoints.interval}
         if self.trainer is not None:
             self.trainer.config = with_values(self.trainer.config, intervals)
@@ -297,6 +319,8 @@ class Service:
         paused = self.jobs.paused()
         if t is None and paused:  # why nothing trains
             status.update(state="paused", job=paused[0].id, reason=paused[0].detail)
+        if self.ranks is not None:
+            status["ranks"] = self.ranks.size
         if t is not None:
             status.update(self.last_status)
             status.update(step=t.state.step, steps=t.config.steps, workers=t.node.n_workers,

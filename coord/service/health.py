@@ -42,15 +42,14 @@ class HealthMonitor:
 
     def check(self) -> None:
         now = time.monotonic()
-        if self.node.tree is not None:
-            for leaf in self.node.tree.leaves():
-                stuck = leaf.state is SphereState.PROCESSING and now - leaf.machine.since > self.stall_timeout
-                if stuck and leaf.id not in self.reported:
-                    self.reported.add(leaf.id)
-                    log.warning("health_worker_stalled", sphere=leaf.id, seconds=round(now - leaf.machine.since, 1),
-                                action="reported; the step fails at its timeout")
-                elif not stuck:
-                    self.reported.discard(leaf.id)
+        for leaf in self.node.workers:
+            stuck = leaf.state is SphereState.PROCESSING and now - leaf.machine.since > self.stall_timeout
+            if stuck and leaf.id not in self.reported:
+                self.reported.add(leaf.id)
+                log.warning("health_worker_stalled", sphere=leaf.id, seconds=round(now - leaf.machine.since, 1),
+                            action="reported; the step fails at its timeout")
+            elif not stuck:
+                self.reported.discard(leaf.id)
         if self.memory_limit and "memory" not in self.reported:
             rss = resident_bytes()
             if rss > self.memory_limit:

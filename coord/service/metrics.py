@@ -31,6 +31,8 @@ class Metrics:
         self.epoch = Gauge("cllm_epoch", "the epoch of the run's last step, from 0", registry=r)
         self.loss = Gauge("cllm_loss", "training loss of the last step", registry=r)
         self.val_loss = Gauge("cllm_val_loss", "the last validation loss", registry=r)
+        self.val_accuracy = Gauge("cllm_val_accuracy", "the last validation's token accuracy (the share of tokens "
+                                  "whose target was the likeliest)", registry=r)
         self.tokens_per_s = Gauge("cllm_tokens_per_second", "training tokens per second of the last step", registry=r)
         self.step_seconds = Histogram("cllm_step_seconds", "wall time of a step", buckets=STEP_BUCKETS, registry=r)
         self.workers = Gauge("cllm_workers", "worker threads", registry=r)
@@ -68,8 +70,9 @@ class Metrics:
         self.tokens_per_s.set(tokens / seconds if seconds > 0 else 0.0)
         self.step_seconds.observe(seconds)
 
-    def observe_eval(self, val_loss: float) -> None:
+    def observe_eval(self, val_loss: float, val_accuracy: float) -> None:
         self.val_loss.set(val_loss)
+        self.val_accuracy.set(val_accuracy)
 
     def set_workers(self, count: int) -> None:
         self.workers.set(count)

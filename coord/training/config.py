@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cllm.kernels.precision import PRECISIONS
+
 from ..data.tokenizer import KINDS as TOKENIZERS
 from ..errors import UserError
 from ..nodezero import MAX_WORKERS
@@ -72,6 +74,10 @@ class RunConfig:
     seed: int = setting(1337, COUNT, "seeds the initial weights, the batches and the dropout masks")
     dropout: float = setting(0.0, BETA, "probability of dropping each element of the embedding, the attention "
                                         "probabilities and both residual branches of every block while training")
+    precision: str = setting("fp32", one_of(PRECISIONS), "the matrix products in float32, or in bfloat16 with float32 "
+                                                         "accumulation (weights and optimizer state stay float32) on a "
+                                                         "CPU with AVX512_BF16 or AMX and oneMKL (the bf16 extra); "
+                                                         "where either is missing, float32")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: Schedule = Schedule()
     clip_norm: float = setting(1.0, NON_NEGATIVE, "clip the gradient's global norm to this (0: off)")
@@ -80,6 +86,8 @@ class RunConfig:
     checkpoints: CheckpointConfig = CheckpointConfig()
     log_interval: int = setting(10, COUNT, "steps between step events in the log (0: none)")
     step_timeout: float = setting(600.0, SECONDS, "seconds a step may take before it is failed")
+    check_interval: int = setting(100, COUNT, "steps between the checks that every MPI rank's weights are rank 0's "
+                                              "(0: never)")
 
 
 SETTINGS = declared(RunConfig)
@@ -88,7 +96,7 @@ BY_NAME = {s.name: s for s in SETTINGS}
 # (seq_len, the training windows, may be shorter than its position table, so it is kept); where the
 # run lives and how this machine runs it are the resuming command's
 NOT_RESUMED = {"embed_dim", "num_layers", "num_heads", "init_from", "tokenizer", "vocab_size", "cache_dir",
-               "checkpoint_dir", "threads", "log_interval", "step_timeout"}
+               "checkpoint_dir", "threads", "log_interval", "step_timeout", "check_interval"}
 
 
 def table_of(name: str) -> str:

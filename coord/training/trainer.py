@@ -1,4 +1,8 @@
-"""The training loop: get a batch, let Node Zero run the step, log, evaluate, checkpoint.
+"""The training loop: batch, boundary, step, record, boundary.
+
+The cursor gives each step's rows and the notices of the stream's boundaries; Node Zero runs
+the step; at each boundary the loop acts on the notices (``handle``: epochs, documents,
+evaluation and checkpoint intervals) and on control requests (stop, stats, workers, pause).
 
 Everything a run depends on is a function of the step or lives in the checkpoint (weights,
 optimizer moments, best-so-far and patience counters), and batches are a pure function of
@@ -11,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,18 +25,22 @@ from threadpoolctl import threadpool_limits
 
 from cllm.kernels.model import GPTConfig, ParamLayout, activation_bytes
 from cllm.protocol import payloads as pl
-from cllm.protocol.messages import MessageType as M
+from cllm.protocol.messages import Message, MessageType as M
 
 from ..checkpoints.store import mark_best, prune_checkpoints, save_checkpoint
+from ..distributed.decision import Decision
 from ..errors import OperationalError, RunFailed, UserError
 from .hooks import Hook, Hooks
 from ..nodezero.node_zero import NodeZero, StepFailed
 from ..nodezero.states import ControlState
 from .config import RunConfig, resumable
+from .cursor import Batch, Cursor, notice
 from .optimizer import Optimizer, OptimizerConfig
 from .schedule import Plateau, learning_rate
 
 log = structlog.get_logger("cllm.train")
+
+RESIZE = "resize"  # CHILD_SPAWN and CHILD_TERMINATE, taken together at a boundary: the last count asked wins
 
 
 @dataclass
@@ -97,7 +106,7 @@ class Trainer:
     """One run: the model's parameters and optimizer, Node Zero, the data and the run directory."""
 
     def __init__(self, config: RunConfig, model: GPTConfig, dataset, params: np.ndarray, optimizer: Optimizer,
-                 state: RunState, hooks: Hooks | None = None, progress=None):
+                 state: RunState, hooks: Hooks | None = None, progress=None, ranks=None):
         self.config, self.model, self.dataset = config, model, dataset
         self.run_dir = Path(config.checkpoints.dir)
         self.seq_len = config.model.seq_len
@@ -106,11 +115,18 @@ class Trainer:
         self.params, self.optimizer, self.state = params, optimizer, state
         self.hooks = hooks or Hooks()
         self.progress = progress
-        self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
-                             dropout=config.dropout, seed=config.seed)
+        self.ranks = ranks  # the MPI ranks of a run over several processes; None alone
+        self.leads = ranks is None or ranks.is_root  # takes control requests, writes checkpoints
+        self.communication_s = 0.0  # the last step's wait on the other ranks
+        self.node = NodeZero(model, params, optimizer, config.threads, micro_batches=config.micro_batches,
+                             step_timeout=config.step_timeout, dropout=config.dropout, seed=config.seed, ranks=ranks,
+                             precision=config.precision)
+        self.cursor = Cursor(dataset, config.batch_size * config.grad_accum, self.seq_len, config.seed)
+        self.documents = 0  # documents begun in the rows trained on (end-of-text separators crossed)
+        self.checkpointed = None  # the step of the last checkpoint written
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
-        self.last_val_loss = None
+        self.last_val_loss = self.last_val_accuracy = None
         self.waiting = {}  # control message id -> future answered at the step boundary
         self.pause_wanted = None  # a future answered once the run has paused
         self.resumed = asyncio.Event()
@@ -126,10 +142,9 @@ class Trainer:
                  optimizer=c.optimizer.kind, schedule=c.schedule.kind)
         with threadpool_limits(1, user_api="blas"):  # the pool is the parallelism; BLAS stays single-threaded
             try:
-                await self.node.start()
-                summary = await self.loop()
+                async with self.node:
+                    summary = await self.loop()
             finally:
-                await self.node.close()
                 if self.progress is not None:
                     self.progress.close()
                 if self.history is not None:
@@ -171,47 +186,18 @@ class Trainer:
     async def loop(self) -> dict:
         c, s = self.config, self.state
         started, tokens_seen, last = time.perf_counter(), 0, None
-        per_epoch = self.dataset.steps_per_epoch(c.batch_size * c.grad_accum, self.seq_len)
         while s.step < c.steps:
-            step = s.step + 1
-            epoch = (step - 1) // per_epoch
-            position = (step - 1) * c.batch_size * c.grad_accum * self.seq_len  # token offset into the epochs
-            if (step - 1) % per_epoch == 0:
-                if epoch > 0:
-                    self.node.notify(M.BOUNDARY_CROSSING, pl.BoundaryCrossing(step=step, position=position,
-                                                                              kind="epoch"))
-                self.node.notify(M.EPOCH_START, pl.EpochMark(epoch=epoch, step=step))
-                self.hooks.fire(Hook.EPOCH_START, epoch=epoch, step=step)
-                log.info("epoch_start", epoch=epoch, step=step)
-            last_of_epoch = step % per_epoch == 0
-            if last_of_epoch:
-                self.node.notify(M.BOUNDARY_REGION_ENTER, pl.Region(step=step, position=position, kind="epoch_end"))
-            lr = learning_rate(self.schedule, step, s.plateau.reductions)
-            self.hooks.fire(Hook.BATCH_START, step=step, epoch=epoch, lr=lr)
-            result = await self.train_step(step, lr)
-            s.step = step
+            batch = self.cursor.batch(s.step + 1)
+            for message in batch.before:
+                await self.handle(message)
+            result = await self.train_step(batch)
+            s.step = batch.step
             tokens_seen += result.tokens
             last = result
-            self.after_step(result, lr)
-            if last_of_epoch:
-                self.node.notify(M.BOUNDARY_REGION_EXIT, pl.Region(step=step, position=position, kind="epoch_end"))
-                self.node.notify(M.EPOCH_COMPLETE, pl.EpochMark(epoch=epoch, step=step))
-                self.hooks.fire(Hook.EPOCH_END, epoch=epoch, step=step)
-                log.info("epoch_end", epoch=epoch, step=step)
-            for interval, kind in ((c.eval.interval, "eval"), (c.checkpoints.interval, "checkpoint")):
-                if interval and step % interval == 0:
-                    self.node.notify(M.TWIN_PRIME_HIT, pl.IntervalHit(step=step, kind=kind))
-            improved = False
-            if c.eval.interval and step % c.eval.interval == 0 and step < c.steps:
-                await self.evaluate_and_track()
-                improved = s.best_step == step
-            if improved or (c.checkpoints.interval and step % c.checkpoints.interval == 0 and step < c.steps):
-                self.checkpoint(best=improved)
-            if await self.boundary():
-                break
-            if c.eval.patience and s.evals_since_best >= c.eval.patience:
-                log.info("early_stop", step=step, best_val_loss=s.best_val, best_step=s.best_step)
-                self.stop_reason = "early_stop"
+            self.record(result, batch)
+            if self.ranks is not None and c.check_interval and batch.step % c.check_interval == 0:
+                await self.ranks.check_weights(self.params, batch.step)
+            if await self.boundary(batch.after + self.intervals(batch.step)):
                 break
         if self.progress is not None:
             self.progress.close()
@@ -224,21 +210,57 @@ class Trainer:
                    "checkpoint": str(path), "stopped": self.stop_reason}
         log.info("train_finished", step=s.step, loss=round(summary["loss"], 6), val_loss=round(val_loss, 6),
                  val_perplexity=round(summary["val_perplexity"], 4), best_val_loss=round(s.best_val, 6),
-                 seconds=round(elapsed, 2), tokens_per_s=round(summary["tokens_per_s"], 1), stopped=self.stop_reason)
+                 seconds=round(elapsed, 2), tokens_per_s=round(summary["tokens_per_s"], 1), stopped=self.stop_reason,
+                 documents=self.documents)
         return summary
 
-    async def train_step(self, step: int, lr: float):
+    def intervals(self, step: int) -> list:
+        """TWIN_PRIME_HIT for the evaluation and checkpoint intervals this step ends (the last step has its own)."""
         c = self.config
-        x, y = self.dataset.train_batch(step - 1, c.batch_size * c.grad_accum, self.seq_len, c.seed)
-        micro = [(x[i:i + c.batch_size], y[i:i + c.batch_size]) for i in range(0, len(x), c.batch_size)]
-        try:
-            return await self.node.step(step, micro, lr, c.clip_norm)
-        except StepFailed as error:
-            self.hooks.fire(Hook.ERROR, step=step, error=str(error))
-            raise RunFailed(f"step {step} failed: {error}") from None
+        due = [(c.eval.interval, "eval"), (c.checkpoints.interval, "checkpoint")]
+        return [notice(M.TWIN_PRIME_HIT, pl.IntervalHit(step=step, kind=kind))
+                for interval, kind in due if interval and step % interval == 0 and step < c.steps]
 
-    def after_step(self, result, lr: float) -> None:
+    async def handle(self, message: Message) -> None:
+        """Act on a notice of the token stream or the schedule."""
+        p = message.payload
+        if message.type is M.EPOCH_START:
+            self.hooks.fire(Hook.EPOCH_START, epoch=p.epoch, step=p.step)
+            log.info("epoch_start", epoch=p.epoch, step=p.step)
+        elif message.type is M.EPOCH_COMPLETE:
+            self.hooks.fire(Hook.EPOCH_END, epoch=p.epoch, step=p.step)
+            log.info("epoch_end", epoch=p.epoch, step=p.step)
+        elif message.type is M.BOUNDARY_REGION_ENTER:
+            self.cursor.prepare(self.cursor.batch_epoch(p.step) + 1)
+        elif message.type is M.BOUNDARY_REGION_EXIT:
+            self.cursor.forget(self.cursor.batch_epoch(p.step))
+        elif message.type is M.BOUNDARY_CROSSING:
+            self.documents += len(p.positions)
+        elif message.type is M.TWIN_PRIME_HIT and p.kind == "eval":
+            await self.evaluate_and_track()
+            if self.state.best_step == self.state.step:
+                self.checkpoint(best=True)
+        elif message.type is M.TWIN_PRIME_HIT and self.checkpointed != self.state.step:
+            self.checkpoint(best=False)
+
+    async def train_step(self, batch: Batch):
+        c = self.config
+        lr = learning_rate(self.schedule, batch.step, self.state.plateau.reductions)
+        self.hooks.fire(Hook.BATCH_START, step=batch.step, epoch=batch.epoch, lr=lr)
+        waited = self.ranks.wait_s if self.ranks is not None else 0.0
+        try:
+            result = await self.node.step(batch.step, batch.tokens, batch.targets, lr, c.clip_norm,
+                                          micro_steps=c.grad_accum)
+            if self.ranks is not None:  # the step's wait for the other ranks and the Allreduce
+                self.communication_s = self.ranks.wait_s - waited
+            return result
+        except StepFailed as error:
+            self.hooks.fire(Hook.ERROR, step=batch.step, error=str(error))
+            raise RunFailed(f"step {batch.step} failed: {error}") from None
+
+    def record(self, result, batch: Batch) -> None:
         c, s = self.config, self.state
+        lr = learning_rate(self.schedule, result.step, s.plateau.reductions)
         tokens_per_s = result.tokens / result.seconds
         for event in self.node.take_events():  # GRADIENT_COMPLETE: the gradients are reduced at Node Zero
             p = event.payload
@@ -260,21 +282,24 @@ class Trainer:
         if self.progress is not None:
             self.progress.update(result.step, result.loss, tokens_per_s)
         if c.log_interval and (result.step == 1 or result.step % c.log_interval == 0 or result.step == c.steps):
+            ranks = {} if self.ranks is None else {"communication_s": round(self.communication_s, 4)}
             log.info("step", step=result.step, loss=round(result.loss, 6), lr=lr, grad_norm=round(result.grad_norm, 6),
-                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4))
+                     tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4),
+                     micro_batches=sum(result.taken.values()), documents=self.documents, **ranks)
 
     async def evaluate_and_track(self) -> float:
-        """Validation loss on the fixed batches; updates best-so-far and the patience counter."""
+        """Validation loss (and token accuracy) on the fixed batches; updates best-so-far and the patience
+        counter."""
         s = self.state
-        val_loss = await self.node.evaluate(self.val_batches)
-        self.last_val_loss = val_loss
+        val_loss, val_accuracy = await self.node.evaluate(self.val_batches)
+        self.last_val_loss, self.last_val_accuracy = val_loss, val_accuracy
         if val_loss < s.best_val:
             s.best_val, s.best_step, s.evals_since_best = val_loss, s.step, 0
         else:
             s.evals_since_best += 1
-        self.hooks.fire(Hook.EVALUATED, step=s.step, val_loss=val_loss)
+        self.hooks.fire(Hook.EVALUATED, step=s.step, val_loss=val_loss, val_accuracy=val_accuracy)
         log.info("eval", step=s.step, val_loss=round(val_loss, 6), val_perplexity=round(math.exp(min(val_loss, 700)), 4),
-                 best_val_loss=round(s.best_val, 6))
+                 val_accuracy=round(val_accuracy, 6), best_val_loss=round(s.best_val, 6))
         # the plateau counts the evaluations on the interval only, so that a run stopped at any step and
         # resumed takes the same learning rates as one that was not stopped
         on_interval = self.config.eval.interval and s.step % self.config.eval.interval == 0
@@ -283,66 +308,117 @@ class Trainer:
                      lr=learning_rate(self.schedule, s.step + 1, s.plateau.reductions))
         return val_loss
 
-    async def boundary(self) -> bool:
-        """Between steps: answer control requests, pause if asked; True when the run should end."""
-        if await self.answer_requests():
+    async def boundary(self, notices: list) -> bool:
+        """Between steps: act on the notices of the stream and the schedule, then on the control requests;
+        True when the run should end."""
+        for message in notices:
+            await self.handle(message)
+        if await self.control():
             return True
+        s = self.state
+        if self.config.eval.patience and s.evals_since_best >= self.config.eval.patience:
+            log.info("early_stop", step=s.step, best_val_loss=s.best_val, best_step=s.best_step)
+            self.stop_reason = "early_stop"
+            return True
+        return False
+
+    async def control(self) -> bool:
+        """Act on the control requests, pause if asked; True when the run should end."""
+        decision, asked = await self.decide(paused=False)
+        if await self.act(decision, asked):
+            return True
+        if not decision.pause:
+            return False
+        self.node.control.to(ControlState.PAUSED)
+        log.info("paused", step=self.state.step)
         if self.pause_wanted is not None and not self.pause_wanted.done():
-            self.node.control.to(ControlState.PAUSED)
-            log.info("paused", step=self.state.step)
             self.pause_wanted.set_result({"paused": True, "step": self.state.step})
-            while not self.resumed.is_set():
+        while True:
+            if self.leads:  # the other ranks wait for rank 0's word in the agreement itself
                 try:
                     await asyncio.wait_for(self.resumed.wait(), 1.0)
                 except TimeoutError:
                     pass
-                if self.on_idle is not None:
-                    self.on_idle()
-                if await self.answer_requests():
-                    return True
-            self.node.control.to(ControlState.RUNNING)
-            log.info("resumed_training", step=self.state.step)
+            if self.on_idle is not None:
+                self.on_idle()
+            decision, asked = await self.decide(paused=True)
+            if await self.act(decision, asked):
+                return True
+            if decision.resume:
+                break
+        self.node.control.to(ControlState.RUNNING)
+        log.info("resumed_training", step=self.state.step)
         return False
 
-    async def answer_requests(self) -> bool:
-        """Handle the control messages waiting at Node Zero, highest priority first."""
-        stop = False
+    async def decide(self, paused: bool) -> tuple:
+        """The control requests waiting at Node Zero as one Decision, and the requests by kind (their askers
+        are answered once it is carried out). Over MPI ranks the Decision is rank 0's, and any rank's stop,
+        agreed by all: every rank acts on the same one at the same boundary."""
+        asked = defaultdict(list)
         for message in self.node.take_requests():
-            future = self.waiting.pop(message.id, None)
-            try:
-                result = await self.handle_request(message)
-            except Exception as error:  # an answer for the asker, never a crash of the run
-                if future is None:
-                    raise
-                future.set_exception(error)
-                continue
-            if result == "stop":
-                stop = True
-                result = {"stopping": True, "step": self.state.step}
-            if future is not None and not future.done():
-                future.set_result(result)
-        return stop
+            asked[RESIZE if message.type in (M.CHILD_SPAWN, M.CHILD_TERMINATE) else message.type].append(message)
+        decision = Decision(stop=bool(asked[M.SHUTDOWN_REQUEST]),
+                            pause=not paused and self.pause_wanted is not None and not self.pause_wanted.done(),
+                            resume=paused and self.resumed.is_set(), checkpoint=bool(asked[M.TWIN_PRIME_HIT]),
+                            stats=bool(asked[M.STATS_REQUEST]),
+                            workers=max(asked[RESIZE], key=lambda m: m.id).payload.count if asked[RESIZE] else 0)
+        if self.ranks is not None:
+            decision = await self.ranks.agree(decision)
+        return decision, asked
 
-    async def handle_request(self, message):
-        p = message.payload
-        if message.type is M.SHUTDOWN_REQUEST:
-            log.info("shutdown_requested", step=self.state.step, reason=p.reason)
-            self.stop_reason = self.stop_reason or p.reason
-            return "stop"
-        if message.type in (M.CHILD_SPAWN, M.CHILD_TERMINATE):
-            await self.node.resize(p.count)
-            return {"workers": self.node.n_workers}
-        if message.type is M.STATS_REQUEST:
-            return await self.node.stats()
-        if message.type is M.TWIN_PRIME_HIT:
-            return {"checkpoint": str(self.checkpoint(best=False, required=True)), "step": self.state.step}
-        raise ValueError(f"{message.type.name} is not a control request")
+    async def act(self, decision: Decision, asked: dict) -> bool:
+        """Carry out ``decision`` (statistics, workers, checkpoint, stop) and answer its askers; True to stop."""
+        if decision.stats:
+            await self.answer(asked[M.STATS_REQUEST], self.statistics)
+        if decision.workers:
+            await self.answer(asked[RESIZE], self.resize, decision.workers)
+        if decision.checkpoint:
+            await self.answer(asked[M.TWIN_PRIME_HIT], self.checkpoint_asked)
+        if not decision.stop:
+            return False
+        reasons = [m.payload.reason for m in asked[M.SHUTDOWN_REQUEST]] or ["another rank's request"]
+        log.info("shutdown_requested", step=self.state.step, reason=reasons[0])
+        self.stop_reason = self.stop_reason or reasons[0]
+        await self.answer(asked[M.SHUTDOWN_REQUEST], self.stopping)
+        return True
+
+    async def answer(self, requests: list, action, *args) -> None:
+        """Run ``action`` once for ``requests``: every asker gets its result, or its error; an error that no
+        one asked for ends the run."""
+        futures = [f for f in (self.waiting.pop(m.id, None) for m in requests) if f is not None and not f.done()]
+        try:
+            result = await action(*args)
+        except Exception as error:
+            if not futures:
+                raise
+            for future in futures:
+                future.set_exception(error)
+            return
+        for future in futures:
+            future.set_result(result)
+
+    async def resize(self, workers: int) -> dict:
+        await self.node.resize(workers)
+        return {"workers": self.node.n_workers}
+
+    async def statistics(self) -> dict | None:
+        """The run's statistics tree: Node Zero's spheres, under the ranks of a run over MPI (on rank 0)."""
+        tree = await self.node.stats()
+        return tree if self.ranks is None else await self.ranks.gather_stats(tree)
+
+    async def checkpoint_asked(self) -> dict:
+        return {"checkpoint": str(self.checkpoint(best=False, required=True)), "step": self.state.step}
+
+    async def stopping(self) -> dict:
+        return {"stopping": True, "step": self.state.step}
 
     def checkpoint(self, best: bool, required: bool = False) -> Path | None:
         """Write a checkpoint of the step just taken. One that cannot be written (a full disk) is logged and
         the next interval tries again; one that is ``required`` (the run's last, or asked for) raises
         OperationalError instead, the last checkpoint written staying the one to resume from."""
         s = self.state
+        if not self.leads:  # rank 0 writes the run's checkpoints
+            return None
         training_state = {"optimizer_state": self.optimizer.state, "optimizer_step": np.int64(self.optimizer.step),
                           "run_state": s.saved(),
                           "settings": np.array(json.dumps(resumable(self.config)))}
@@ -360,6 +436,7 @@ class Trainer:
                                        f"({error.strerror or error}); free space or fix the directory, then resume "
                                        "from the last checkpoint written") from None
             return None
+        self.checkpointed = s.step
         log.info("checkpoint_saved", path=str(path), step=s.step, best=best, removed=[p.name for p in removed])
         self.hooks.fire(Hook.CHECKPOINT, step=s.step, path=str(path), best=best)
         return path

@@ -1,8 +1,8 @@
-"""The sphere hierarchy and the state machines of spheres and Node Zero."""
+"""The plan of the sphere tree and the state machines of spheres and Node Zero."""
 
 import pytest
 
-from cllm.coord.nodezero.sphere import FANOUT, build_tree
+from cllm.coord.nodezero.tree import FANOUT, plan_tree as build_tree, pool_threads, routes
 from cllm.coord.nodezero.states import (CONTROL_TRANSITIONS, SPHERE_TRANSITIONS, ControlState, IllegalTransition,
                                SphereState, StateMachine)
 
@@ -29,12 +29,32 @@ def test_the_original_configuration_has_157_spheres_in_twelve_groups_of_twelve()
     assert all(len(group.children) == 12 and all(leaf.is_worker for leaf in group.children) for group in root.children)
     ids = [s.id for s in root.walk()]
     assert sorted(ids) == list(range(157)) and root.id == 0
-    assert [leaf.worker_index for leaf in root.leaves()] == list(range(144))
+    assert [leaf.worker for leaf in root.leaves()] == list(range(144))
 
 
-def test_groups_are_balanced():
-    root = build_tree(13)
-    assert sorted(len(g.children) for g in root.children) == [6, 7]
+@pytest.mark.parametrize("workers", [13, 25, 100, 145, 1024])
+def test_groups_are_numbered_0_to_11_within_their_parent_and_balanced(workers):
+    root = build_tree(workers)
+    for sphere in root.walk():
+        assert [child.group for child in sphere.children] == list(range(len(sphere.children)))
+        sizes = [len(child.leaves()) for child in sphere.children]
+        assert sizes == sorted(sizes, reverse=True) and max(sizes, default=0) - min(sizes, default=0) <= 1
+
+
+@pytest.mark.parametrize("workers, groups", [(24, 2), (144, 12), (13, 2)])
+def test_the_pool_has_a_thread_per_worker_a_whole_number_of_groups_when_they_divide_evenly(workers, groups):
+    root = build_tree(workers)
+    assert pool_threads(root) == workers and len(root.children) == groups
+    if workers % groups == 0:
+        assert {len(g.children) for g in root.children} == {workers // groups}
+
+
+def test_routes_lead_from_every_sphere_to_each_descendant_through_one_child():
+    root = build_tree(150)
+    table = routes(root)
+    for sphere in root.walk():
+        for child in sphere.children:
+            assert all(table[sphere.id][d.id] == child.id for d in child.walk())
 
 
 def walk_all(transitions, initial):

@@ -64,7 +64,7 @@ def test_the_reserve_must_leave_room_for_other_levels():
 
 def test_a_shutdown_ack_at_its_default_priority_gets_through_a_default_box_flooded_with_stats_reports():
     box = Mailbox()
-    report = p.StatsReport(sphere=7, batches=1, tokens=1, busy_s=0.0, waiting_s=0.0, children=[])
+    report = p.StatsReport(sphere=7, group=0, batches=1, tokens=1, busy_s=0.0, waiting_s=0.0, children=[])
     while box.put(make(MessageType.STATS_REPORT, 7, 0, report)):
         pass
     assert box.put(make(MessageType.SHUTDOWN_ACK, 7, 0, p.ShutdownAck(sphere=7)))

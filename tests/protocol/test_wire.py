@@ -12,7 +12,7 @@ from .examples import PAYLOADS, message_of_every_type
 
 
 def valid_object() -> dict:
-    line = encode(make(MessageType.BATCH_START, 0, 3, PAYLOADS[p.BatchStart]))
+    line = encode(make(MessageType.WORK_OFFER, 0, 3, PAYLOADS[p.WorkOffer]))
     return json.loads(line)
 
 
@@ -104,10 +104,10 @@ def test_lines_that_are_not_messages(line, code):
     (("ts",), 10**400, "bad_field"),  # an integer no float can hold
     (("extra",), 1, "bad_field"),
     (("payload",), [], "bad_payload"),
-    (("payload", "step"), "12", "bad_payload"),  # wrong type
-    (("payload", "step"), True, "bad_payload"),  # bool where an int is expected
-    (("payload", "step"), 12.0, "bad_payload"),
-    (("payload", "row_start"), -4, "bad_payload"),
+    (("payload", "round"), "12", "bad_payload"),  # wrong type
+    (("payload", "round"), True, "bad_payload"),  # bool where an int is expected
+    (("payload", "round"), 12.0, "bad_payload"),
+    (("payload", "micro_batch"), -4, "bad_payload"),
     (("payload", "micro_batch"), None, "bad_payload"),
     (("payload", "learning_rate"), 0.1, "bad_payload"),  # unknown payload field
     (("payload", "grad_segment"), "grads", "bad_payload"),
@@ -122,7 +122,7 @@ def test_bad_fields_are_named(path, value, code):
 @pytest.mark.parametrize("path, code", [
     (("sender",), "bad_field"),
     (("payload",), "bad_field"),
-    (("payload", "row_stop"), "bad_payload"),
+    (("payload", "dloss"), "bad_payload"),
     (("payload", "grad_segment", "dtype"), "bad_payload"),  # every field is required on the wire
 ])
 def test_missing_fields_are_named(path, code):
@@ -145,7 +145,7 @@ def test_lists_literals_floats_and_bools_in_payloads_are_checked():
 
 def test_stats_reports_nested_too_deep_are_refused():
     def nested(depth):
-        report = {"sphere": 0, "batches": 0, "tokens": 0, "busy_s": 0.0, "waiting_s": 0.0, "children": []}
+        report = {"sphere": 0, "group": 0, "batches": 0, "tokens": 0, "busy_s": 0.0, "waiting_s": 0.0, "children": []}
         for _ in range(depth):
             report = dict(report, children=[report])
         obj = valid_object()
@@ -155,7 +155,7 @@ def test_stats_reports_nested_too_deep_are_refused():
     assert not isinstance(decode(nested(MAX_DEPTH)), WireError)
     assert error_code(nested(MAX_DEPTH + 1)) == "bad_payload"
     # deeper than json itself can nest: built as text
-    head = line_of(valid_object()).split(b'"payload"')[0].replace(b"BATCH_START", b"STATS_REPORT")
+    head = line_of(valid_object()).split(b'"payload"')[0].replace(b"WORK_OFFER", b"STATS_REPORT")
     report = b'{"sphere":0,"batches":0,"tokens":0,"busy_s":0.0,"waiting_s":0.0,"children":['
     line = head + b'"payload":' + report * 700 + b"]}" * 700 + b"}\n"
     assert len(line) < MAX_LINE_BYTES and error_code(line) in {"malformed", "bad_payload"}  # by recursion limit
@@ -165,4 +165,4 @@ def test_encode_refuses_what_decode_would_refuse():
     with pytest.raises(ValueError):
         encode(make(MessageType.GRADIENT_COMPLETE, 0, 0, p.GradientComplete(1, 10, float("nan"), 1.0)))
     with pytest.raises(ValueError, match="MAX_LINE_BYTES"):
-        encode(make(MessageType.ERROR_REPORT, 2, 0, p.ErrorReport(1, 2, "E", "x" * MAX_LINE_BYTES)))
+        encode(make(MessageType.ERROR_REPORT, 2, 0, p.ErrorReport(1, 1, 2, "E", "x" * MAX_LINE_BYTES)))

@@ -57,11 +57,12 @@ def write_config(directory: Path, steps=100000, eval_interval=0, checkpoint_inte
 class Daemon:
     """`cllm serve --config FILE` with its JSON log collected from standard output."""
 
-    def __init__(self, config: Path, env=None):
+    def __init__(self, config: Path, env=None, launcher=()):
+        """``launcher``: a command the daemon runs under, e.g. ``mpiexec -n 2``."""
         self.config = config
         self.socket = Path(next(line.split('"')[1] for line in config.read_text().splitlines()
                                 if line.startswith("socket")))
-        self.process = subprocess.Popen([sys.executable, "-m", "cllm.coord", "serve", "--config", str(config)],
+        self.process = subprocess.Popen([*launcher, sys.executable, "-m", "cllm.coord", "serve", "--config", str(config)],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, **(env or {})})
         self.events = []

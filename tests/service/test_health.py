@@ -5,19 +5,22 @@ import time
 import structlog
 
 from cllm.coord.service.health import HealthMonitor
-from cllm.coord.nodezero.sphere import build_tree
+from cllm.coord.nodezero.inbox import Inbox
+from cllm.coord.nodezero.spheres import WorkerSphere
 from cllm.coord.nodezero.states import SphereState
+from cllm.coord.nodezero.tree import plan_tree
 
 
 class Node:
     def __init__(self, workers):
-        self.tree = build_tree(workers)
+        self.workers = [WorkerSphere(leaf, 0, Inbox(), None, None) for leaf in plan_tree(workers).leaves()]
 
 
 def test_a_worker_processing_past_the_stall_timeout_is_reported_once():
     node = Node(3)
-    leaf = node.tree.leaves()[1]
+    leaf = node.workers[1]
     leaf.machine.to(SphereState.READY)
+    leaf.machine.to(SphereState.IDLE)
     leaf.machine.to(SphereState.PROCESSING)
     monitor = HealthMonitor(node, stall_timeout=0.05, memory_limit_mb=0, on_memory=None)
     with structlog.testing.capture_logs() as logs:

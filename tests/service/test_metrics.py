@@ -29,11 +29,12 @@ def test_metrics_follow_the_training():
         for loss in (3.0, 2.5):
             metrics.observe_step(loss, 1000, 0.2)
         metrics.set_workers(2)
-        metrics.observe_eval(2.7)
+        metrics.observe_eval(2.7, 0.25)
         metrics.checkpoint_saved()
         got = scrape(port)
         assert got["cllm_steps_total"] == 2 and got["cllm_tokens_total"] == 2000
         assert got["cllm_loss"] == 2.5 and got["cllm_val_loss"] == 2.7 and got["cllm_workers"] == 2
+        assert got["cllm_val_accuracy"] == 0.25
         assert got["cllm_tokens_per_second"] == pytest.approx(5000)
         assert got["cllm_step_seconds_count"] == 2 and got['cllm_step_seconds_bucket{le="0.25"}'] == 2
         assert 0 <= got["cllm_checkpoint_age_seconds"] < 5
