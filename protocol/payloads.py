@@ -150,13 +150,15 @@ class BatchStart:
 
 @dataclass(frozen=True, slots=True)
 class BatchComplete:
-    """Forward-only work done: the summed loss of one micro-batch over ``tokens`` target tokens."""
+    """Forward-only work done: the summed loss of one micro-batch over ``tokens`` target tokens, and
+    ``hits``, the tokens whose target was the likeliest."""
 
     round: int
     micro_batch: int
     tokens: int
     loss_sum: float
     busy_s: float
+    hits: int
 
 
 # hierarchy management

@@ -205,11 +205,11 @@ class Ranks:
         await self.settle(buckets.issued + [self.submit(self.sum_in_place, sums)], what)
         return float(sums[0]), int(round(sums[1]))
 
-    async def sum_scores(self, loss_sum: float, tokens: int) -> tuple:
-        """An evaluation's (loss sum, tokens) over the ranks, in float64."""
-        sums = np.array([loss_sum, tokens], dtype=np.float64)
+    async def sum_scores(self, loss_sum: float, tokens: int, hits: int) -> tuple:
+        """An evaluation's (loss sum, tokens, tokens predicted right) over the ranks, in float64."""
+        sums = np.array([loss_sum, tokens, hits], dtype=np.float64)
         await self.allreduce(sums, "the sum of the validation losses")
-        return float(sums[0]), int(round(sums[1]))
+        return float(sums[0]), int(round(sums[1])), int(round(sums[2]))
 
     async def gather(self, value, what: str):
         """Every rank's ``value`` (picklable) as a list on rank 0, None on the others."""

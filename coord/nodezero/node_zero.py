@@ -344,7 +344,7 @@ class NodeZero:
                 work.sum_s += time.perf_counter() - started
             self.machine.to(S.WAITING)
         elif kind is M.BATCH_COMPLETE:
-            await work.receive(Part(p.micro_batch, p.micro_batch + 1, -1, p.tokens, p.loss_sum, p.busy_s))
+            await work.receive(Part(p.micro_batch, p.micro_batch + 1, -1, p.tokens, p.loss_sum, p.busy_s, p.hits))
 
     async def update(self, grad: np.ndarray, lr: float, grad_scale: float) -> float:
         """The optimizer step across the pool by parameter slices; returns the slowest slice's seconds."""
@@ -371,9 +371,10 @@ class NodeZero:
 
     # ----- evaluation -----
 
-    async def evaluate(self, batches: list) -> float:
-        """Mean cross-entropy over ``batches`` of (tokens, targets), forward only: one round of micro-batches
-        (each batch cut as a step's micro-step is), answered by BATCH_COMPLETE and added in the pairwise order."""
+    async def evaluate(self, batches: list) -> tuple:
+        """(mean cross-entropy, token accuracy) over ``batches`` of (tokens, targets), forward only: one round
+        of micro-batches (each batch cut as a step's micro-step is), answered by BATCH_COMPLETE and added in
+        the pairwise order. The accuracy is the share of tokens whose target was the likeliest."""
         tokens = np.concatenate([x for x, _ in batches])
         targets = np.concatenate([y for _, y in batches])
         cuts, base = [], 0
@@ -382,10 +383,10 @@ class NodeZero:
             base += len(x)
         _, total = await self.run_with_retries(self.optimizer.step, "eval", tokens, targets, cuts)
         self.machine.to(S.READY)
-        loss_sum, n_tokens = total.loss_sum, total.tokens
+        loss_sum, n_tokens, hits = total.loss_sum, total.tokens, total.hits
         if self.ranks is not None:
-            loss_sum, n_tokens = await self.ranks.sum_scores(loss_sum, n_tokens)
-        return loss_sum / n_tokens
+            loss_sum, n_tokens, hits = await self.ranks.sum_scores(loss_sum, n_tokens, hits)
+        return loss_sum / n_tokens, hits / n_tokens
 
     # ----- statistics -----
 

@@ -25,6 +25,7 @@ class Part:
     tokens: int
     loss_sum: float
     busy_s: float  # kernel seconds spent on the range, its sums included
+    hits: int = 0  # evaluation: the tokens whose target was the likeliest
 
     @property
     def last(self) -> int:
@@ -86,4 +87,4 @@ class Combiner:
 def joined(left: Part, right: Part, seconds: float) -> Part:
     """The record of ``left`` + ``right``, the sum kept in the left one's segment."""
     return replace(left, stop=right.stop, tokens=left.tokens + right.tokens, loss_sum=left.loss_sum + right.loss_sum,
-                   busy_s=left.busy_s + right.busy_s + seconds)
+                   busy_s=left.busy_s + right.busy_s + seconds, hits=left.hits + right.hits)

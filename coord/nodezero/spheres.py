@@ -154,7 +154,7 @@ class WorkerSphere(Sphere):
         else:
             await self.up(M.BATCH_COMPLETE, pl.BatchComplete(round=p.round, micro_batch=p.micro_batch,
                                                              tokens=part.tokens, loss_sum=part.loss_sum,
-                                                             busy_s=part.busy_s))
+                                                             busy_s=part.busy_s, hits=part.hits))
         await self.ask()
 
     async def compute(self, p: pl.WorkOffer) -> Part:
@@ -163,8 +163,8 @@ class WorkerSphere(Sphere):
         tokens = self.ctx.resolve(p.tokens).reshape(-1, T)
         targets = self.ctx.resolve(p.targets).reshape(-1, T)
         if self.round.kind == "eval":
-            loss_sum, busy = await self.ctx.run(self.kernels.evaluate, self.weights, tokens, targets)
-            return Part(p.micro_batch, p.micro_batch + 1, -1, tokens.size, loss_sum, busy)
+            loss_sum, hits, busy = await self.ctx.run(self.kernels.evaluate, self.weights, tokens, targets)
+            return Part(p.micro_batch, p.micro_batch + 1, -1, tokens.size, loss_sum, busy, hits)
         # the masks are keyed by the rows' place in the step, not by who computes them
         first_row = p.tokens.offset // T
         drop = Dropout(self.ctx.dropout, step_key(self.ctx.seed, self.round.step), first_row) if self.ctx.dropout \

@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from cllm.kernels.dropout import Dropout
-from cllm.kernels.model import Activations, GPTConfig, Tensors, forward_backward, loss_sum
+from cllm.kernels.model import Activations, GPTConfig, Tensors, forward_backward, scores
 
 SHAPES_KEPT = 4  # (rows, seq_len) shapes of activations a worker keeps: uneven cuts, training and evaluation
 
@@ -34,7 +34,7 @@ class WorkerKernels:
         return total, time.perf_counter() - start
 
     def evaluate(self, weights: Tensors, tokens: np.ndarray, targets: np.ndarray) -> tuple:
-        """Forward only; returns (summed loss, seconds)."""
+        """Forward only; returns (summed loss, tokens whose target was the likeliest, seconds)."""
         start = time.perf_counter()
-        total = loss_sum(weights, self.activations(*tokens.shape), tokens, targets)
-        return total, time.perf_counter() - start
+        total, hits = scores(weights, self.activations(*tokens.shape), tokens, targets)
+        return total, hits, time.perf_counter() - start

@@ -11,7 +11,7 @@ A callback receives one dict of the event's fields. Each point fires at the mome
     BATCH_END      the step is over (applied or skipped)       step, loss, grad_norm, tokens, seconds, applied
     GRADIENT_SYNC  the gradients are reduced at Node Zero      step, loss, grad_norm, tokens
     WEIGHT_UPDATE  the optimizer has changed the weights       step, lr
-    EVALUATED      the validation loss of a step is known      step, val_loss
+    EVALUATED      the validation loss of a step is known      step, val_loss, val_accuracy
     CHECKPOINT     a checkpoint is on disk                     step, path, best
     ERROR          a step failed or was skipped                step, error
 """

@@ -36,7 +36,7 @@ from ..nodezero.states import ControlState
 from .config import RunConfig, resumable
 from .cursor import Batch, Cursor, notice
 from .optimizer import Optimizer, OptimizerConfig
-from .schedule import learning_rate
+from .schedule import Plateau, learning_rate
 
 log = structlog.get_logger("cllm.train")
 
@@ -52,6 +52,20 @@ class RunState:
     best_step: int = 0
     evals_since_best: int = 0
     bad_in_row: int = 0
+    plateau: Plateau = dataclasses.field(default_factory=Plateau)
+
+    def saved(self) -> np.ndarray:
+        """The checkpoint's run_state: 8 numbers (a checkpoint before the plateau schedule has the first 5)."""
+        p = self.plateau
+        return np.array([self.step, self.best_val, self.best_step, self.evals_since_best, self.bad_in_row, p.best,
+                         p.stalled, p.reductions], dtype=np.float64)
+
+    @classmethod
+    def restored(cls, numbers) -> "RunState":
+        step, best_val, best_step, evals_since_best, bad_in_row, *plateau = numbers
+        best, stalled, reductions = plateau or (math.inf, 0, 0)
+        return cls(int(step), float(best_val), int(best_step), int(evals_since_best), int(bad_in_row),
+                   Plateau(float(best), int(stalled), int(reductions)))
 
 
 def estimate_memory(model: GPTConfig, batch_size: int, seq_len: int, threads: int) -> int:
@@ -112,7 +126,7 @@ class Trainer:
         self.checkpointed = None  # the step of the last checkpoint written
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
-        self.last_val_loss = None
+        self.last_val_loss = self.last_val_accuracy = None
         self.waiting = {}  # control message id -> future answered at the step boundary
         self.pause_wanted = None  # a future answered once the run has paused
         self.resumed = asyncio.Event()
@@ -231,7 +245,7 @@ class Trainer:
 
     async def train_step(self, batch: Batch):
         c = self.config
-        lr = learning_rate(self.schedule, batch.step)
+        lr = learning_rate(self.schedule, batch.step, self.state.plateau.reductions)
         self.hooks.fire(Hook.BATCH_START, step=batch.step, epoch=batch.epoch, lr=lr)
         waited = self.ranks.wait_s if self.ranks is not None else 0.0
         try:
@@ -246,7 +260,7 @@ class Trainer:
 
     def record(self, result, batch: Batch) -> None:
         c, s = self.config, self.state
-        lr = learning_rate(self.schedule, result.step)
+        lr = learning_rate(self.schedule, result.step, s.plateau.reductions)
         tokens_per_s = result.tokens / result.seconds
         for event in self.node.take_events():  # GRADIENT_COMPLETE: the gradients are reduced at Node Zero
             p = event.payload
@@ -274,17 +288,24 @@ class Trainer:
                      micro_batches=sum(result.taken.values()), documents=self.documents, **ranks)
 
     async def evaluate_and_track(self) -> float:
-        """Validation loss on the fixed batches; updates best-so-far and the patience counter."""
+        """Validation loss (and token accuracy) on the fixed batches; updates best-so-far and the patience
+        counter."""
         s = self.state
-        val_loss = await self.node.evaluate(self.val_batches)
-        self.last_val_loss = val_loss
+        val_loss, val_accuracy = await self.node.evaluate(self.val_batches)
+        self.last_val_loss, self.last_val_accuracy = val_loss, val_accuracy
         if val_loss < s.best_val:
             s.best_val, s.best_step, s.evals_since_best = val_loss, s.step, 0
         else:
             s.evals_since_best += 1
-        self.hooks.fire(Hook.EVALUATED, step=s.step, val_loss=val_loss)
+        self.hooks.fire(Hook.EVALUATED, step=s.step, val_loss=val_loss, val_accuracy=val_accuracy)
         log.info("eval", step=s.step, val_loss=round(val_loss, 6), val_perplexity=round(math.exp(min(val_loss, 700)), 4),
-                 best_val_loss=round(s.best_val, 6))
+                 val_accuracy=round(val_accuracy, 6), best_val_loss=round(s.best_val, 6))
+        # the plateau counts the evaluations on the interval only, so that a run stopped at any step and
+        # resumed takes the same learning rates as one that was not stopped
+        on_interval = self.config.eval.interval and s.step % self.config.eval.interval == 0
+        if self.schedule.kind == "plateau" and on_interval and s.plateau.observe(self.schedule, val_loss):
+            log.info("lr_reduced", step=s.step, reductions=s.plateau.reductions,
+                     lr=learning_rate(self.schedule, s.step + 1, s.plateau.reductions))
         return val_loss
 
     async def boundary(self, notices: list) -> bool:
@@ -399,8 +420,7 @@ class Trainer:
         if not self.leads:  # rank 0 writes the run's checkpoints
             return None
         training_state = {"optimizer_state": self.optimizer.state, "optimizer_step": np.int64(self.optimizer.step),
-                          "run_state": np.array([s.step, s.best_val, s.best_step, s.evals_since_best, s.bad_in_row],
-                                                dtype=np.float64),
+                          "run_state": s.saved(),
                           "settings": np.array(json.dumps(resumable(self.config)))}
         try:
             path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer,
@@ -431,5 +451,4 @@ def restore_state(saved, layout: ParamLayout, config: OptimizerConfig, where: Pa
                         "resume with the optimizer the run was started with")
     optimizer.state[...] = moments
     optimizer.step = saved.optimizer_step
-    step, best_val, best_step, evals_since_best, bad_in_row = saved.run_state
-    return optimizer, RunState(int(step), float(best_val), int(best_step), int(evals_since_best), int(bad_in_row))
+    return optimizer, RunState.restored(saved.run_state)

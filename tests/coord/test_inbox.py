@@ -66,7 +66,7 @@ async def test_the_largest_worker_count_trains_evaluates_resizes_and_stops():
                         step_timeout=60) as node:
         result = await node.step(1, x, y, 1e-3)
         assert result.tokens == x.size and np.isfinite(result.loss)
-        assert np.isfinite(await node.evaluate([(x, y)]))
+        assert np.isfinite((await node.evaluate([(x, y)]))[0])
         stats = await node.stats()
         assert stats["batches"] == MAX_WORKERS  # one micro-batch each (evaluation is not counted)
         await node.resize(MAX_WORKERS - 24)

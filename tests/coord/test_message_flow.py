@@ -151,5 +151,6 @@ async def test_off_the_hot_path_resizing_statistics_failures_and_a_stale_offer(d
                                                       grad_segment=pl.BufferRef("segments", 0, 0), dloss=0.0))
         reject = await node.expect(M.WORK_REJECT)
         assert reject.payload.round == stale and "not this worker's" in reject.payload.reason
-        assert np.isfinite(await node.evaluate(documents.val_batches(8, 16, 1)))
+        loss, accuracy = await node.evaluate(documents.val_batches(8, 16, 1))
+        assert np.isfinite(loss) and 0 <= accuracy <= 1
     assert {m.type for m in sent} >= OFF_THE_HOT_PATH

@@ -26,7 +26,7 @@ def test_collectives_sum_agree_gather_and_check_on_two_ranks():
         assert "settings of rank 1 differ from rank 0's" in out["different_settings"]
         assert out["diverged"].startswith("at step 200 the weights of rank 1 differ from rank 0's")
         assert out["step"] == [[1.5], 21.5, 128]
-        assert out["scores"] == [7.5, 200]
+        assert out["scores"] == [7.5, 200, 61]
     stats = seen[0]["stats"]  # rank -> groups -> workers, each rank with its communication time
     assert stats["ranks"] == 2 and stats["batches"] == 4 and stats["busy_s"] == 3.0
     assert [child["rank"] for child in stats["children"]] == [0, 1]

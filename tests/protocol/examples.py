@@ -24,7 +24,7 @@ PAYLOADS = {
     p.Region: p.Region(step=12, position=9_000_000, kind="epoch_end"),
     p.EpochMark: p.EpochMark(epoch=1, step=2_000),
     p.BatchStart: p.BatchStart(step=12, round=14, kind="train", micro_batches=8, seq_len=1024),
-    p.BatchComplete: p.BatchComplete(round=15, micro_batch=3, tokens=512, loss_sum=1.5, busy_s=0.75),
+    p.BatchComplete: p.BatchComplete(round=15, micro_batch=3, tokens=512, loss_sum=1.5, busy_s=0.75, hits=97),
     p.ChildCount: p.ChildCount(count=8),
     p.ParentSync: p.ParentSync(step=12, parent=1),
     p.SiblingDiscover: p.SiblingDiscover(group=1, siblings=[2, 3, 4]),

@@ -44,7 +44,7 @@ async def main():
     grad = np.full(1000, 0.5 * (r + 1), dtype=np.float32)
     loss_sum, tokens = await ranks.sum_step(grad, [(600, 1000), (0, 600)], 10.25 + r, 64, step=7)
     out["step"] = [sorted(set(grad.tolist())), loss_sum, tokens]
-    out["scores"] = await ranks.sum_scores(2.5 * (r + 1), 100)
+    out["scores"] = await ranks.sum_scores(2.5 * (r + 1), 100, 30 + r)
     node_zero = {"batches": 2, "tokens": 256, "busy_s": 1.0 + r, "waiting_s": 0.25,
                  "children": [{"sphere": 1, "group": 0, "batches": 2, "tokens": 256, "busy_s": 1.0 + r,
                                "waiting_s": 0.25, "children": []}]}
