@@ -180,5 +180,5 @@ class History:
         try:
             self.write_pending()
             self.sync()
-        finally:
-            self.file.close()
+        finally:  # a line left in the buffer by a full disk fails the close's flush too
+            self.guarded(self.file.close, None)
