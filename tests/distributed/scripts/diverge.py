@@ -1,4 +1,5 @@
-"""`diverge.py ARGS...`: `cllm ARGS` on every rank, where rank 1's weights move by one bit after step 5."""
+"""`diverge.py ARGS...`: `cllm ARGS` on every rank, where one of rank 1's weights moves by 1e-3 after step 5
+(one bit might be rounded away by the next updates)."""
 
 import sys
 
@@ -13,7 +14,7 @@ after_step = Trainer.after_step
 def nudged(self, result, lr):
     after_step(self, result, lr)
     if self.ranks.rank == 1 and result.step == 5:
-        self.params[17] = np.nextafter(self.params[17], np.float32(2))
+        self.params[17] += np.float32(1e-3)
 
 
 Trainer.after_step = nudged
