@@ -88,7 +88,7 @@ def read_config(directory: Path) -> GPTConfig:
     if raw.get("n_inner") is not None and not (is_positive_int(raw["n_inner"]) and raw["n_inner"] <= MAX_SIZE):
         refuse("n_inner", "is not a positive whole number or null")
     activation = raw.get("activation_function", "gelu_new")
-    if activation not in ACTIVATIONS:
+    if not isinstance(activation, str) or activation not in ACTIVATIONS:
         refuse("activation_function", f"is not supported; CLLM computes {' and '.join(ACTIVATIONS)}")
     eps = raw.get("layer_norm_epsilon", 1e-5)
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < 1:

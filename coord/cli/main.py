@@ -62,9 +62,11 @@ def as_rank(ranks, command) -> int:
 
 
 def report(error: Exception) -> int:
-    """One line on standard error for an error that ends a command; its exit status."""
+    """One line on standard error for an error that ends a command; its exit status. A line break in the
+    message (a path or a value given with one) is written as \\n, so that the line stays one."""
+    text = str(error).replace("\r", "\\r").replace("\n", "\\n")
     if isinstance(error, UserError):
-        print(f"cllm: error: {error}", file=sys.stderr)
+        print(f"cllm: error: {text}", file=sys.stderr)
         return 2
-    print(f"cllm: {'run failed' if isinstance(error, RunFailed) else 'error'}: {error}", file=sys.stderr)
+    print(f"cllm: {'run failed' if isinstance(error, RunFailed) else 'error'}: {text}", file=sys.stderr)
     return 1

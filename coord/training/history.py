@@ -101,12 +101,16 @@ def kept_lines(path: Path, step: int) -> tuple:
 def rewrite(path: Path, records: list) -> None:
     """Replace ``path`` with ``records``, atomically: a scratch file, fsynced, renamed over it."""
     scratch = path.with_name(f".{path.name}.{os.getpid()}")
-    with open(scratch, "w") as f:
-        for record in records:
-            f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(scratch, path)
+    try:
+        with open(scratch, "w") as f:
+            for record in records:
+                f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(scratch, path)
+    except BaseException:
+        scratch.unlink(missing_ok=True)
+        raise
 
 
 class History:
@@ -116,6 +120,13 @@ class History:
         """A new run (``resumed_step`` None) starts the file afresh; a resumed one continues it."""
         self.path = Path(run_dir) / FILE
         self.wall_before = 0.0  # training seconds of the run before this process
+        self.file = None  # None: the history cannot be written (a full disk), and the run goes on without it
+        self.guarded(lambda: self.open_file(resumed_step), resumed_step)
+        self.started = None  # monotonic time of this process's first step
+        self.lr = math.nan
+        self.pending = None  # the last step's record, until nothing more can join it
+
+    def open_file(self, resumed_step: int | None) -> None:
         if resumed_step is not None and self.path.exists():
             kept, dropped = kept_lines(self.path, resumed_step)
             if dropped:
@@ -126,9 +137,6 @@ class History:
             self.file = open(self.path, "a")
         else:
             self.file = open(self.path, "w")
-        self.started = None  # monotonic time of this process's first step
-        self.lr = math.nan
-        self.pending = None  # the last step's record, until nothing more can join it
 
     def attach(self, hooks: Hooks) -> None:
         hooks.on(Hook.BATCH_START, self.step_starts)
@@ -160,12 +168,13 @@ class History:
         self.sync()
 
     def write_pending(self) -> None:
-        if self.pending is not None:
+        if self.pending is not None and self.file is not None:
             record, self.pending = self.pending, None
             self.guarded(lambda: (self.file.write(json.dumps(record) + "\n"), self.file.flush()), record["step"])
 
     def sync(self) -> None:
-        self.guarded(lambda: os.fsync(self.file.fileno()), None)
+        if self.file is not None:
+            self.guarded(lambda: os.fsync(self.file.fileno()), None)
 
     def guarded(self, write, step) -> None:
         """A history that cannot be written (a full disk) is logged, never the end of the run."""
@@ -175,10 +184,8 @@ class History:
             log.warning("history_not_written", path=str(self.path), step=step, error=str(error))
 
     def close(self) -> None:
-        if self.file.closed:
+        if self.file is None or self.file.closed:
             return
-        try:
-            self.write_pending()
-            self.sync()
-        finally:  # a line left in the buffer by a full disk fails the close's flush too
-            self.guarded(self.file.close, None)
+        self.write_pending()
+        self.sync()
+        self.guarded(self.file.close, None)  # what a full disk kept in the buffer cannot be written now either

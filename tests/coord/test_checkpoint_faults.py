@@ -199,3 +199,11 @@ def test_a_training_state_archive_with_odd_entries_is_refused(tmp_path, flag, co
     (path / "training_state.npz").write_bytes(bytes(data))
     with pytest.raises(UserError, match="cannot be read"):
         load_training_state(path)
+
+
+def test_a_config_whose_activation_is_not_a_name_is_refused(tmp_path):
+    path = save(tmp_path / "run", 1, keep=1)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "activation_function": ["gelu"]}))  # found by fuzzing
+    with pytest.raises(UserError, match="activation_function"):
+        load_checkpoint(path)

@@ -3,6 +3,7 @@ that cannot be used. One line and a non-zero status before any training, never a
 
 import json
 import os
+import signal
 import subprocess
 import time
 
@@ -65,7 +66,7 @@ def test_resuming_into_another_run_s_directory_is_refused(tmp_path):
     refused(result, 2, "holds the checkpoints of run")
 
 
-def test_a_second_training_process_on_one_run_directory_is_refused(tmp_path):
+def test_a_second_training_process_on_one_run_directory_is_refused_and_sigusr_is_ignored(tmp_path):
     corpus, run = small_corpus(tmp_path), tmp_path / "run"
     first = subprocess.Popen(command("train", corpus, *TINY_MODEL, "--steps", 100000, "--threads", 1,
                                      "--checkpoint-dir", run, "--cache-dir", tmp_path / "cache", "--log-format",
@@ -75,10 +76,15 @@ def test_a_second_training_process_on_one_run_directory_is_refused(tmp_path):
             if '"step"' in line:
                 break
         refused(train(corpus, run), 2, "in use by another training process", f"pid {first.pid}")
+        first.send_signal(signal.SIGUSR1)  # by default these end a process on the spot, without a checkpoint
+        first.send_signal(signal.SIGUSR2)
+        for line in first.stdout:
+            if '"signal_ignored"' in line and "SIGUSR2" in line:
+                break
     finally:
         first.terminate()
         first.wait(60)
-    assert first.returncode == 0
+    assert first.returncode == 0 and list_checkpoints(run)
 
 
 def test_resume_refuses_a_tokenizer_other_than_the_checkpoint_s(tmp_path):
@@ -130,3 +136,12 @@ def test_resume_passes_over_a_damaged_latest_checkpoint_with_one_warning(tmp_pat
     (fallback,) = [e for e in log if e["event"] == "checkpoint_fallback"]
     assert list(fallback["skipped"]) == ["checkpoint-00000006"]
     assert next(e for e in log if e["event"] == "resumed")["step"] == 4
+
+
+@pytest.mark.parametrize("args", [["train", "no\nsuch.txt", "--steps", "1"], ["generate", "no\nrun", "--prompt", "a"]],
+                         ids=["train", "generate"])
+def test_a_path_with_a_line_break_is_still_one_line(args):
+    result = cllm(*args)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "no\\nsuch.txt" in line or "no\\nrun" in line

@@ -4,15 +4,14 @@ one clear line (UserError), never another exception."""
 import json
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from cllm.coord.data.corpus import SNIFF_BYTES
 from cllm.coord.errors import UserError
 
-from ..fuzzing import FUZZ, damaged, deep_text, dumps, edits, replaced, values
+from ..fuzzing import FUZZ, damaged, deep_text, dumps, edits, replaced, rewrite, values
 from .runs import texts
 
-CORPUS_FUZZ = settings(FUZZ, max_examples=2000)
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +29,11 @@ def read(path):
     return found
 
 
-@CORPUS_FUZZ
+@FUZZ
 @given(st.binary(max_size=600) | st.text(max_size=100).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_any_bytes_as_a_text_file(folder, data):
     path = folder / "any.txt"
-    path.write_bytes(data)
+    rewrite(path, data)
     try:
         expected = [] if b"\0" in data[:SNIFF_BYTES] else [data.decode("utf-8")]
     except UnicodeDecodeError:
@@ -47,12 +46,12 @@ jsonl_lines = st.sampled_from(RECORDS) | st.builds(damaged, st.sampled_from(RECO
     | values.map(dumps) | values.map(lambda v: dumps({"text": v})) | deep_text.map(str.encode) | st.binary(max_size=12)
 
 
-@CORPUS_FUZZ
+@FUZZ
 @given(st.lists(jsonl_lines, max_size=5))
 def test_any_lines_as_json_lines(folder, lines):
     path = folder / "any.jsonl"
     data = b"\n".join(lines)
-    path.write_bytes(data)
+    rewrite(path, data)
     found = read(path)
     if b"\0" in data[:SNIFF_BYTES]:
         assert found == []  # binary: skipped unread
@@ -73,9 +72,9 @@ squad_files = st.one_of(
     st.binary(max_size=200))
 
 
-@CORPUS_FUZZ
+@FUZZ
 @given(squad_files)
 def test_any_json_as_squad(folder, data):
     path = folder / "any.json"
-    path.write_bytes(data)
+    rewrite(path, data)
     read(path)

@@ -9,6 +9,7 @@ import time
 from datetime import datetime
 
 import pytest
+import structlog
 
 from cllm.coord.training.history import FILE, History
 from cllm.coord.training.hooks import Hook, Hooks
@@ -114,3 +115,37 @@ def test_console_logs_to_a_pipe_have_step_events_every_log_interval(tmp_path, in
     logged = [int(m.group(1)) for m in re.finditer(r"\] step .* step=(\d+) ", result.stdout)]
     assert logged == expected
     assert not result.stdout.lstrip().startswith("{")  # readable lines, not JSON
+
+
+def test_a_history_that_cannot_be_written_is_logged_and_never_ends_the_run(tmp_path):
+    """On a full disk (/dev/full) the buffered lines fail again when the file is closed: before, that was an
+    OSError out of the run's end, and the daemon exited 1 into a restart loop instead of pausing the job."""
+    (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
+    with structlog.testing.capture_logs() as logs:
+        history, hooks = History(tmp_path), Hooks()
+        history.attach(hooks)
+        take_steps(hooks, range(5, 9), evaluate={8}, checkpoint={8})
+        history.close()
+    assert any(e["event"] == "history_not_written" for e in logs)
+
+
+@pytest.mark.parametrize("resumed", [None, 2], ids=["new", "resumed"])
+def test_a_history_that_cannot_be_opened_is_logged_and_never_ends_the_run(tmp_path, resumed):
+    run = tmp_path / "run"
+    run.mkdir()
+    if resumed:  # lines past the step resumed from: the file is rewritten, through a scratch file
+        history, hooks = History(run), Hooks()
+        history.attach(hooks)
+        take_steps(hooks, range(1, 6))
+        history.close()
+    if subprocess.run(["chattr", "+i", str(run)], capture_output=True).returncode:
+        pytest.skip("chattr +i is not available here")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            history, hooks = History(run, resumed), Hooks()
+            history.attach(hooks)
+            take_steps(hooks, range(1, 4), checkpoint={3})
+            history.close()
+    finally:
+        subprocess.run(["chattr", "-i", str(run)])
+    assert [e["event"] for e in logs] == ["history_not_written"]

@@ -4,14 +4,13 @@ line (UserError), never another exception; a job that passes never reaches outsi
 import math
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from cllm.coord.errors import UserError
 from cllm.coord.service.config import RUN_KEYS, TABLES, keys_of, load_config, merge_job
 
-from ..fuzzing import FUZZ, damaged, edits, values
+from ..fuzzing import FUZZ, damaged, edits, rewrite, values
 
-CONFIG_FUZZ = settings(FUZZ, max_examples=2500)
 KEYS = sorted({key for table in TABLES for key in keys_of(table)}) + ["x", ""]
 EXAMPLE = b'[data]\npath = "corpus.txt"\ntokenizer = "bpe"\n[model]\nembed_dim = 64\n[training]\nsteps = 10\n' \
           b'threads = 2\n[service]\nstate_dir = "state"\nstep_timeout = 5.0\ndata_roots = ["corpora"]\n' \
@@ -49,11 +48,11 @@ def folder(tmp_path_factory):
     return tmp_path_factory.mktemp("toml")
 
 
-@CONFIG_FUZZ
+@FUZZ
 @given(documents)
 def test_any_file_is_a_configuration_or_one_clear_line(folder, data):
     path = folder / "cllm.toml"
-    path.write_bytes(data)
+    rewrite(path, data)
     try:
         config = load_config(path, {})
     except UserError as error:
@@ -76,7 +75,7 @@ def service(tmp_path_factory):
     return load_config(directory / "cllm.toml", {})
 
 
-@CONFIG_FUZZ
+@FUZZ
 @given(jobs)
 def test_any_job_is_merged_within_bounds_or_refused_in_one_line(service, overrides):
     try:

@@ -32,6 +32,7 @@ def directives(text: str) -> dict:
 REQUIRED = {
     "Type": "notify", "NotifyAccess": "main", "ExecStart": "/usr/local/bin/cllm serve --config /etc/cllm/cllm.toml",
     "ExecReload": "/bin/kill -HUP $MAINPID", "Restart": "on-failure", "KillSignal": "SIGTERM",
+    "RestartPreventExitStatus": "2",  # a configuration it cannot start with: a restart cannot fix it
     "StateDirectory": "cllm", "RuntimeDirectory": "cllm", "RuntimeDirectoryMode": "0750", "UMask": "0027",
     "NoNewPrivileges": "yes", "ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
     "PrivateDevices": "yes", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
