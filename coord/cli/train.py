@@ -1,6 +1,7 @@
 """`cllm train`: its options are the run's declared settings (coord.training.config)."""
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -135,7 +136,7 @@ def train(args, ranks) -> int:
     from ..signals import StopSignals, stop_grace
     from ..training.run import open_run
     from ..training.trainer import run_event_loop
-    from .progress import ProgressBar
+    from .progress import AboveBar, ProgressBar
 
     rank = None if ranks is None else ranks.rank
     resumed = saved = None
@@ -150,8 +151,10 @@ def train(args, ranks) -> int:
                        json.dumps(resumable(config), sort_keys=True).encode(), "settings")
     as_json = configure(args.log_format, args.log_level, rank=rank)
     progress = ProgressBar if not as_json and sys.stderr.isatty() and rank in (None, 0) else None
-    if progress and args.log_interval is None:  # the bar shows every step; --log-interval adds step events above it
-        config = with_values(config, {"log_interval": 0})
+    if progress:
+        configure(args.log_format, args.log_level, stream=AboveBar(sys.stdout), rank=rank)
+        if args.log_interval is None:  # the bar shows every step; --log-interval adds step events above it
+            config = with_values(config, {"log_interval": 0})
     trainer = open_run(config, resumed, saved, progress=progress, overwrite=args.overwrite, ranks=ranks)
 
     async def training():
@@ -159,6 +162,8 @@ def train(args, ranks) -> int:
             return await trainer.run()
 
     run_event_loop(training())
+    if not as_json and rank in (None, 0):
+        print(next_commands(config.checkpoints.dir))
     return 0
 
 
@@ -174,3 +179,10 @@ def load_run(path: Path, ranks) -> tuple:
     if ranks is not None:
         loaded = ranks.run_sync("rank 0's checkpoint", ranks.comm.bcast, loaded, 0)
     return loaded
+
+
+def next_commands(run_dir: Path) -> str:
+    """What a person may run next on the run just trained, shown after a run on a terminal."""
+    where = shlex.quote(str(run_dir))
+    return (f"Sample from it: cllm generate {where} --prompt 'The '\n"
+            f"Plot its loss:  cllm plot {where}    (or cllm plot --terminal {where})")
