@@ -100,7 +100,7 @@ class Trainer:
         self.leads = ranks is None or ranks.is_root  # takes control requests, writes checkpoints
         self.communication_s = 0.0  # the last step's wait on the other ranks
         self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
-                             dropout=config.dropout, seed=config.seed, ranks=ranks)
+                             dropout=config.dropout, seed=config.seed, precision=config.precision, ranks=ranks)
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
         self.last_val_loss = None
