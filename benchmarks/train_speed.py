@@ -35,6 +35,7 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=20, help="measured steps, after --warmup unmeasured ones")
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32", help="of the matrix products")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "cllm")
     p.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -57,7 +58,8 @@ def measure(args) -> dict:
     cfg = GPTConfig(vocab_size=dataset.tokenizer.vocab_size, block_size=args.seq_len, n_layer=args.num_layers,
                     n_head=args.num_heads, n_embd=args.embed_dim)
     params = init_params(cfg, seed=0)
-    node = NodeZero(cfg, params, Optimizer(ParamLayout(cfg), OptimizerConfig()), args.threads[0])
+    node = NodeZero(cfg, params, Optimizer(ParamLayout(cfg), OptimizerConfig()), args.threads[0],
+                    precision=args.precision)
 
     async def run():
         results = []
@@ -79,6 +81,7 @@ def measure(args) -> dict:
     kernel = sum(r.kernel_seconds for r in results)
     return {
         "threads": args.threads[0],
+        "precision": node.precision,  # fp32 when bf16 was asked for but cannot run here
         "tokens_per_s": sum(r.tokens for r in results) / seconds,
         "step_s": seconds / len(results),
         "overhead_share": (seconds - kernel) / seconds,
@@ -101,7 +104,7 @@ def main(argv=None) -> int:
           f"python {platform.python_version()}")
     print(f"config: embed {args.embed_dim}, layers {args.num_layers}, heads {args.num_heads}, seq {args.seq_len}, "
           f"batch {args.batch_size}, {args.tokenizer} vocab {args.vocab_size}, {args.steps} steps after "
-          f"{args.warmup} warm-up, data {args.data.name}")
+          f"{args.warmup} warm-up, data {args.data.name}, precision {args.precision}")
     rows = []
     for threads in args.threads:
         base = [a for a in (argv if argv is not None else sys.argv[1:])]

@@ -8,9 +8,10 @@ whose BLAS exports no CBLAS ``gemm`` the product goes through ``np.matmul`` and 
 """
 
 import ctypes
+import functools
 
 import numpy as np
-from threadpoolctl import threadpool_info
+from threadpoolctl import ThreadpoolController, threadpool_info
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 # (prefix, suffix, integer type) of the CBLAS names in the builds numpy ships with
@@ -41,6 +42,16 @@ def find_cblas() -> dict:
 
 
 CBLAS = find_cblas()
+
+
+@functools.cache
+def controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on one thread (about 25 us to enter and leave)."""
+    return controller().limit(limits=1, user_api="blas")
 
 
 def operand(x: np.ndarray) -> tuple:

@@ -9,27 +9,25 @@ gradient added up chunk by chunk (BLAS beta = 1).
 
 import numpy as np
 
-from .blas import gemm
 from .jit import kernel
+from .precision import FIRST, FLOAT32, SECOND
 from .vecmath import exp
 
 CHUNK_ROWS = 256
 
 
-LANES = 16
-
-
 @kernel
 def row_max(row):
-    # the largest entry of row (V,), for a numerically safe softmax. Sixteen running maxima,
-    # one per lane, vectorise (a single running max is a reduction LLVM will not reorder)
+    # the largest entry of row (V,), for a numerically safe softmax. Eight running maxima in
+    # registers, independent chains the CPU overlaps (one running max is a chain of dependent
+    # compares LLVM will not reorder; maxima kept in an array go through memory each time)
     V = row.shape[0]
-    lanes = np.full(LANES, row[0])
-    for j in range(0, V - V % LANES, LANES):
-        for k in range(LANES):
-            lanes[k] = max(lanes[k], row[j + k])
-    mx = lanes.max()
-    for j in range(V - V % LANES, V):
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
+    for j in range(0, V - V % 8, 8):
+        m0, m1, m2, m3 = max(m0, row[j]), max(m1, row[j + 1]), max(m2, row[j + 2]), max(m3, row[j + 3])
+        m4, m5, m6, m7 = max(m4, row[j + 4]), max(m5, row[j + 5]), max(m6, row[j + 6]), max(m7, row[j + 7])
+    mx = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    for j in range(V - V % 8, V):
         mx = max(mx, row[j])
     return mx
 
@@ -80,30 +78,31 @@ def crossentropy_forward_backward(logits, targets, dloss):
     return loss
 
 
-def head_loss(x: np.ndarray, head: np.ndarray, targets: np.ndarray, chunk: np.ndarray) -> tuple:
+def head_loss(x: np.ndarray, head: np.ndarray, targets: np.ndarray, chunk: np.ndarray, mm=FLOAT32) -> tuple:
     """(summed cross-entropy, rows predicted right) of the logits x (N,C) @ head (V,C).T; ``chunk`` (R,V)
     is scratch."""
     total, hits = 0.0, 0
     R = chunk.shape[0]
     for a in range(0, x.shape[0], R):
         logits = chunk[:min(R, x.shape[0] - a)]
-        gemm(logits, x[a:a + R], head.T, False)
+        mm(logits, x[a:a + R], head.T)
         loss, right = crossentropy_forward(logits, targets[a:a + R])
         total, hits = total + loss, hits + right
     return float(total), int(hits)
 
 
 def head_loss_backward(x: np.ndarray, head: np.ndarray, targets: np.ndarray, dloss: float, dx: np.ndarray,
-                       dhead: np.ndarray, chunk: np.ndarray) -> float:
+                       dhead: np.ndarray, chunk: np.ndarray, mm=FLOAT32) -> float:
     """Summed cross-entropy of x (N,C) @ head (V,C).T; overwrites dx (N,C) and dhead (V,C) with
     the gradients of dloss * that sum. ``chunk`` (R,V) is scratch."""
     total = 0.0
     R = chunk.shape[0]
     for a in range(0, x.shape[0], R):
         logits = chunk[:min(R, x.shape[0] - a)]
-        rows = x[a:a + R]
-        gemm(logits, rows, head.T, False)
+        rows = mm.operand(x[a:a + R], SECOND)  # rounded once for the logits and the head's gradient
+        mm(logits, rows, head.T)
         total += crossentropy_forward_backward(logits, targets[a:a + R], dloss)
-        gemm(dx[a:a + R], logits, head, False)
-        gemm(dhead, logits.T, rows, a > 0)
+        dlogits = mm.operand(logits, FIRST)
+        mm(dx[a:a + R], dlogits, head)
+        mm(dhead, dlogits.T, rows, a > 0)
     return float(total)

@@ -1,12 +1,11 @@
 """Linear layer in the Conv1D layout: out = inp @ weight + bias, weight (in, out).
 
-The matrix products go to BLAS through numpy (which releases the GIL); the bias
-and residual additions are numba kernels.
+The matrix products go to a worker's ``Products`` (float32 BLAS, or bfloat16; both release
+the GIL); the bias and residual additions are numba kernels.
 """
 
-import numpy as np
-
 from .jit import kernel
+from .precision import FLOAT32, SECOND
 
 
 @kernel
@@ -37,20 +36,21 @@ def bias_backward(dbias, dout):
             dbias[o] += dout[i, o]
 
 
-def linear_forward(out, inp, weight, bias):
+def linear_forward(out, inp, weight, bias, mm=FLOAT32):
     """out (N,OC) = inp (N,C) @ weight (C,OC) + bias (OC,)."""
-    np.matmul(inp, weight, out=out)
+    mm(out, inp, weight)
     add_bias(out, bias)
 
 
-def linear_residual_forward(out, inp, weight, bias, residual):
+def linear_residual_forward(out, inp, weight, bias, residual, mm=FLOAT32):
     """out (N,C) = residual (N,C) + inp (N,K) @ weight (K,C) + bias (C,)."""
-    np.matmul(inp, weight, out=out)
+    mm(out, inp, weight)
     add_bias_residual(out, bias, residual)
 
 
-def linear_backward(dinp, dweight, dbias, dout, inp, weight):
+def linear_backward(dinp, dweight, dbias, dout, inp, weight, mm=FLOAT32):
     """Overwrite dinp (N,C), dweight (C,OC), dbias (OC,) from dout (N,OC)."""
-    np.matmul(inp.T, dout, out=dweight)
     bias_backward(dbias, dout)
-    np.matmul(dout, weight.T, out=dinp)
+    dout = mm.operand(dout, SECOND)  # rounded once for both products; the second operand of the first
+    mm(dweight, inp.T, dout)
+    mm(dinp, dout, weight.T)

@@ -24,6 +24,7 @@ from .encoder import encoder_backward, encoder_forward
 from .gelu import ACTIVATIONS
 from .layernorm import layernorm_backward, layernorm_forward
 from .linear import linear_backward, linear_forward, linear_residual_forward
+from .precision import FLOAT32, Products16
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ class Tensors(NamedTuple):
     blocks: tuple
     ln_f_weight: np.ndarray
     ln_f_bias: np.ndarray
-    lm_head: np.ndarray | None  # None when the head is tied to wte
+    lm_head: np.ndarray | None  # None when the head is tied to wte (in ``Weights16.tensors``, the head in bfloat16)
 
     @property
     def head(self) -> np.ndarray:
@@ -184,26 +185,38 @@ def activation_shapes(cfg: GPTConfig, B: int, T: int) -> dict:
     }
 
 
-def activation_bytes(cfg: GPTConfig, B: int, T: int) -> int:
-    """Memory of one worker's ``Activations`` in float32."""
-    return 4 * sum(int(np.prod(shape)) for shape in activation_shapes(cfg, B, T).values())
+def scratch16_sizes(cfg: GPTConfig, B: int, T: int) -> tuple:
+    """Elements of the two bfloat16 buffers of a worker's products: (first operands, second operands).
+    First: a linear layer's input, forward and backward, and a chunk of the head's logits' gradient;
+    second: a linear layer's output gradient and a chunk of the head's input rows."""
+    N, C, M = B * T, cfg.n_embd, cfg.mlp_size
+    return max(N * max(C, M), min(N, CHUNK_ROWS) * cfg.vocab_size), N * max(3 * C, M)
+
+
+def activation_bytes(cfg: GPTConfig, B: int, T: int, precision: str = "fp32") -> int:
+    """Memory of one worker's ``Activations`` (float32 buffers, and bfloat16 scratch with ``precision`` bf16)."""
+    scratch = 2 * sum(scratch16_sizes(cfg, B, T)) if precision == "bf16" else 0
+    return 4 * sum(int(np.prod(shape)) for shape in activation_shapes(cfg, B, T).values()) + scratch
 
 
 class Activations:
-    """One worker's buffers for a micro-batch of B sequences of T tokens of model ``cfg``, allocated once."""
+    """One worker's buffers for a micro-batch of B sequences of T tokens of model ``cfg``, allocated once,
+    and how its matrix products run: ``mm``, float32, or bfloat16 with ``precision`` bf16 (the weights
+    then come rounded, from ``Weights16.tensors``)."""
 
-    def __init__(self, cfg: GPTConfig, B: int, T: int, dtype=np.float32):
+    def __init__(self, cfg: GPTConfig, B: int, T: int, dtype=np.float32, precision: str = "fp32"):
         self.cfg, self.B, self.T = cfg, B, T
         for name, shape in activation_shapes(cfg, B, T).items():
             setattr(self, name, np.zeros(shape, dtype=dtype))
+        self.mm = Products16(*scratch16_sizes(cfg, B, T)) if precision == "bf16" else FLOAT32
 
 
-def residual_branch(out, inp, weight, bias, residual, T: int, drop: Dropout | None, site: int) -> None:
+def residual_branch(out, inp, weight, bias, residual, T: int, drop: Dropout | None, site: int, mm) -> None:
     """out (N,C) = residual + dropout(inp @ weight + bias), the dropout only with ``drop``."""
     if drop is None:
-        linear_residual_forward(out, inp, weight, bias, residual)
+        linear_residual_forward(out, inp, weight, bias, residual, mm)
     else:
-        np.matmul(inp, weight, out=out)
+        mm(out, inp, weight)
         bias_dropout_residual(out, bias, residual, T, *drop.at(site))
 
 
@@ -221,7 +234,7 @@ def hidden(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | No
     With ``drop`` (training only) the embedding, the attention probabilities and both residual
     branches of every block go through dropout.
     """
-    cfg = acts.cfg
+    cfg, mm = acts.cfg, acts.mm
     B, T = tokens.shape
     gelu_forward = ACTIVATIONS[cfg.activation][0]
     encoder_forward(acts.encoded, tokens, w.wte, w.wpe)
@@ -231,17 +244,17 @@ def hidden(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | No
     for l, p in enumerate(w.blocks):
         layernorm_forward(acts.ln_1[l], acts.ln_1_mean[l], acts.ln_1_rstd[l], residual, p.ln_1_weight, p.ln_1_bias,
                           cfg.ln_eps)
-        linear_forward(acts.qkv[l], acts.ln_1[l], p.c_attn_weight, p.c_attn_bias)
+        linear_forward(acts.qkv[l], acts.ln_1[l], p.c_attn_weight, p.c_attn_bias, mm)
         attention_forward(acts.atty[l].reshape(B, T, -1), acts.lse[l], acts.qkv[l].reshape(B, T, -1), cfg.n_head,
                           cfg.attention_scale(l), drop and drop.at(attention_site(l)))
         residual_branch(acts.residual_2[l], acts.atty[l], p.attn_c_proj_weight, p.attn_c_proj_bias, residual, T, drop,
-                        attention_residual_site(l))
+                        attention_residual_site(l), mm)
         layernorm_forward(acts.ln_2[l], acts.ln_2_mean[l], acts.ln_2_rstd[l], acts.residual_2[l], p.ln_2_weight,
                           p.ln_2_bias, cfg.ln_eps)
-        linear_forward(acts.fch[l], acts.ln_2[l], p.c_fc_weight, p.c_fc_bias)
+        linear_forward(acts.fch[l], acts.ln_2[l], p.c_fc_weight, p.c_fc_bias, mm)
         gelu_forward(acts.fch_gelu[l].reshape(-1), acts.fch[l].reshape(-1))
         residual_branch(acts.residual_3[l], acts.fch_gelu[l], p.mlp_c_proj_weight, p.mlp_c_proj_bias,
-                        acts.residual_2[l], T, drop, mlp_residual_site(l))
+                        acts.residual_2[l], T, drop, mlp_residual_site(l), mm)
         residual = acts.residual_3[l]
     layernorm_forward(acts.ln_f, acts.ln_f_mean, acts.ln_f_rstd, residual, w.ln_f_weight, w.ln_f_bias, cfg.ln_eps)
     return acts.ln_f
@@ -249,13 +262,16 @@ def hidden(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | No
 
 def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | None = None) -> np.ndarray:
     """tokens (B,T) int32 -> logits (B*T,V), a new array (training never makes all of them)."""
-    return hidden(w, acts, tokens, drop) @ w.head.T
+    x = hidden(w, acts, tokens, drop)
+    logits = np.empty((x.shape[0], acts.cfg.vocab_size), x.dtype)
+    acts.mm(logits, x, w.head.T)
+    return logits
 
 
 def scores(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> tuple:
     """Forward only (no dropout): (sum over the B*T positions of the cross-entropy, positions whose
     target is the likeliest token)."""
-    return head_loss(hidden(w, acts, tokens), w.head, targets.reshape(-1), acts.logits)
+    return head_loss(hidden(w, acts, tokens), w.head, targets.reshape(-1), acts.logits, acts.mm)
 
 
 def loss_sum(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> float:
@@ -271,12 +287,12 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
     dloss = 1/(tokens in the global batch) the segments of all workers add up to the
     gradient of the mean loss.
     """
-    cfg = acts.cfg
+    cfg, mm = acts.cfg, acts.mm
     B, T = tokens.shape
     gelu_backward = ACTIVATIONS[cfg.activation][1]
     # the head and the loss, fused, chunk by chunk of rows; then the final LayerNorm
     total = head_loss_backward(hidden(w, acts, tokens, drop), w.head, targets.reshape(-1), dloss, acts.dln, g.head,
-                               acts.logits)
+                               acts.logits, mm)
     residual_last = acts.residual_3[-1] if w.blocks else acts.encoded
     dres = acts.dresidual
     dres[...] = 0.0
@@ -288,19 +304,19 @@ def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarr
         # MLP: residual_3 = residual_2 + dropout(proj(gelu(fc(ln_2(residual_2)))))
         dbranch = branch_gradient(acts, dres, T, drop, mlp_residual_site(l))
         linear_backward(acts.dfch, q.mlp_c_proj_weight, q.mlp_c_proj_bias, dbranch, acts.fch_gelu[l],
-                        p.mlp_c_proj_weight)
+                        p.mlp_c_proj_weight, mm)
         gelu_backward(acts.dfch.reshape(-1), acts.fch[l].reshape(-1))
-        linear_backward(acts.dln, q.c_fc_weight, q.c_fc_bias, acts.dfch, acts.ln_2[l], p.c_fc_weight)
+        linear_backward(acts.dln, q.c_fc_weight, q.c_fc_bias, acts.dfch, acts.ln_2[l], p.c_fc_weight, mm)
         layernorm_backward(dres, q.ln_2_weight, q.ln_2_bias, acts.dln, acts.residual_2[l], p.ln_2_weight,
                            acts.ln_2_mean[l], acts.ln_2_rstd[l])
         # attention: residual_2 = residual + dropout(proj(attn(ln_1(residual))))
         dbranch = branch_gradient(acts, dres, T, drop, attention_residual_site(l))
         linear_backward(acts.datty, q.attn_c_proj_weight, q.attn_c_proj_bias, dbranch, acts.atty[l],
-                        p.attn_c_proj_weight)
+                        p.attn_c_proj_weight, mm)
         attention_backward(acts.dqkv.reshape(B, T, -1), acts.datty.reshape(B, T, -1), acts.qkv[l].reshape(B, T, -1),
                            acts.atty[l].reshape(B, T, -1), acts.lse[l], cfg.n_head, cfg.attention_scale(l),
                            drop and drop.at(attention_site(l)))
-        linear_backward(acts.dln, q.c_attn_weight, q.c_attn_bias, acts.dqkv, acts.ln_1[l], p.c_attn_weight)
+        linear_backward(acts.dln, q.c_attn_weight, q.c_attn_bias, acts.dqkv, acts.ln_1[l], p.c_attn_weight, mm)
         layernorm_backward(dres, q.ln_1_weight, q.ln_1_bias, acts.dln, residual, p.ln_1_weight, acts.ln_1_mean[l],
                            acts.ln_1_rstd[l])
     if drop is not None:

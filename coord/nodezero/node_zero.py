@@ -21,6 +21,7 @@ import structlog
 
 from cllm.kernels.dropout import Dropout, step_key
 from cllm.kernels.model import GPTConfig, ParamLayout
+from cllm.kernels.precision import Weights16, unavailable
 from cllm.kernels.reduce import sum_segments, sum_squares
 from cllm.protocol import payloads as pl
 from cllm.protocol.messages import Message, MessageType as M, make
@@ -68,16 +69,33 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+def usable_precision(wanted: str) -> str:
+    """``wanted``, or fp32 with one log line when bfloat16 products cannot run here."""
+    if wanted == "bf16" and (reason := unavailable()):
+        log.warning("precision_fallback", wanted=wanted, using="fp32", reason=reason)
+        return "fp32"
+    return wanted
+
+
 class NodeZero:
-    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer."""
+    """Coordinates ``n_workers`` worker spheres training one model's flat parameter buffer.
+
+    With ``precision`` bf16 the workers read the weights of the matrix products rounded to
+    bfloat16, rounded once per step after the update; ``params`` stay the float32 master weights.
+    """
 
     def __init__(self, cfg: GPTConfig, params: np.ndarray, optimizer: Optimizer, n_workers: int,
-                 step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0, seed: int = 0):
+                 step_timeout: float = 600.0, retries: int = 1, dropout: float = 0.0, seed: int = 0,
+                 precision: str = "fp32"):
         self.cfg = cfg
         self.dropout, self.seed = dropout, seed
         self.layout = ParamLayout(cfg)
         self.params = params
+        self.precision = usable_precision(precision)
+        self.weights16 = Weights16(self.layout) if self.precision == "bf16" else None
         self.weights = self.layout.tensors(params)
+        if self.weights16 is not None:
+            self.weights = self.weights16.tensors(self.weights)
         self.optimizer = optimizer
         self.step_timeout = step_timeout
         self.retries = retries
@@ -95,6 +113,8 @@ class NodeZero:
     # ----- lifecycle -----
 
     async def start(self) -> None:
+        if self.weights16 is not None:
+            self.weights16.refresh(self.params)
         await self.build(self.n_workers)
         self.control.to(ControlState.RUNNING)
         log.info("node_zero_started", workers=self.n_workers, spheres=sum(1 for _ in self.tree.walk()),
@@ -116,7 +136,7 @@ class NodeZero:
                 self.kernels[index].segment = segment
                 self.kernels[index].grads = self.layout.tensors(segment)
             else:
-                self.kernels[index] = WorkerKernels(self.cfg, self.layout, segment, index)
+                self.kernels[index] = WorkerKernels(self.cfg, self.layout, segment, index, self.precision)
         for index in [i for i in self.kernels if i >= n_workers]:
             del self.kernels[index]
         self.slices = min(usable_cores(), n_workers)
@@ -358,7 +378,13 @@ class NodeZero:
         parts = [loop.run_in_executor(self.pool, timed, self.optimizer.update_slice, self.params, grad, pieces, lr,
                                       grad_scale) for pieces in self.update_plan]
         results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
-        return max(s for _, s in results)
+        seconds = max(s for _, s in results)
+        if self.weights16 is not None:  # the products' weights, rounded once per step
+            parts = [loop.run_in_executor(self.pool, timed, self.weights16.refresh, self.params, a, b)
+                     for a, b in self.reduce_ranges]
+            results = await asyncio.wait_for(asyncio.gather(*parts), self.step_timeout)
+            seconds += max(s for _, s in results)
+        return seconds
 
     async def recover(self, step: int, action: str) -> None:
         """After a failed step: every sphere drops the step (ERROR_RECOVERY); returns when all have."""

@@ -11,8 +11,9 @@ from cllm.kernels.model import Activations, GPTConfig, ParamLayout, Tensors, for
 class WorkerKernels:
     """A worker's activations (allocated once per micro-batch shape) and its gradient segment."""
 
-    def __init__(self, cfg: GPTConfig, layout: ParamLayout, segment: np.ndarray, index: int):
-        self.cfg = cfg
+    def __init__(self, cfg: GPTConfig, layout: ParamLayout, segment: np.ndarray, index: int,
+                 precision: str = "fp32"):
+        self.cfg, self.precision = cfg, precision
         self.index = index  # the worker's position among the leaves
         self.segment = segment
         self.grads = layout.tensors(segment)
@@ -22,7 +23,7 @@ class WorkerKernels:
         if (B, T) not in self.acts:
             if len(self.acts) >= 2:
                 self.acts.clear()
-            self.acts[B, T] = Activations(self.cfg, B, T)
+            self.acts[B, T] = Activations(self.cfg, B, T, precision=self.precision)
         return self.acts[B, T]
 
     def train(self, weights: Tensors, tokens: np.ndarray, targets: np.ndarray, dloss: float,

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cllm.kernels.precision import PRECISIONS
+
 from ..data.tokenizer import KINDS as TOKENIZERS
 from ..errors import UserError
 from ..nodezero import MAX_WORKERS
@@ -72,6 +74,10 @@ class RunConfig:
     seed: int = setting(1337, COUNT, "seeds the initial weights, the batches and the dropout masks")
     dropout: float = setting(0.0, BETA, "probability of dropping each element of the embedding, the attention "
                                         "probabilities and both residual branches of every block while training")
+    precision: str = setting("fp32", one_of(PRECISIONS), "the matrix products in float32, or in bfloat16 with float32 "
+                                                         "accumulation (weights and optimizer state stay float32) on a "
+                                                         "CPU with AVX512_BF16 or AMX and oneMKL (the bf16 extra); "
+                                                         "where either is missing, float32")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: Schedule = Schedule()
     clip_norm: float = setting(1.0, NON_NEGATIVE, "clip the gradient's global norm to this (0: off)")

@@ -107,7 +107,7 @@ class Trainer:
         self.hooks = hooks or Hooks()
         self.progress = progress
         self.node = NodeZero(model, params, optimizer, config.threads, step_timeout=config.step_timeout,
-                             dropout=config.dropout, seed=config.seed)
+                             dropout=config.dropout, seed=config.seed, precision=config.precision)
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
         self.last_val_loss = None
