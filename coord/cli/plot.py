@@ -1,5 +1,6 @@
 """`cllm plot`: the loss curves of one or several runs from their metrics.jsonl, as a PNG or in the terminal."""
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -89,7 +90,10 @@ def write_png(runs: list, output: Path) -> None:
     speed.set_ylabel("tokens/s")
     speed.set_xlabel("step")
     speed.grid(alpha=0.3)
+    scratch = output.with_name(f".{output.name}.{os.getpid()}")  # renamed into place whole, never half-written
     try:
-        FigureCanvasAgg(figure).print_png(str(output))
+        FigureCanvasAgg(figure).print_png(str(scratch))
+        os.replace(scratch, output)
     except OSError as error:
+        scratch.unlink(missing_ok=True)
         raise UserError(f"{output} cannot be written ({error.strerror or error}); give another -o") from None

@@ -1,5 +1,6 @@
 """`cllm train`: its options are the run's declared settings (coord.training.config)."""
 
+import shlex
 import sys
 from pathlib import Path
 
@@ -130,7 +131,7 @@ def run(args) -> int:
     from ..signals import StopSignals, stop_grace
     from ..training.run import open_run
     from ..training.trainer import run_event_loop
-    from .progress import ProgressBar
+    from .progress import AboveBar, ProgressBar
 
     resumed = saved = None
     if args.resume is not None and args.init_from is not None:
@@ -142,8 +143,10 @@ def run(args) -> int:
     config = config_from(args, resumed, saved)
     as_json = configure(args.log_format, args.log_level)
     progress = ProgressBar if not as_json and sys.stderr.isatty() else None
-    if progress and args.log_interval is None:  # the bar shows every step; --log-interval adds step events above it
-        config = with_values(config, {"log_interval": 0})
+    if progress:
+        configure(args.log_format, args.log_level, stream=AboveBar(sys.stdout))
+        if args.log_interval is None:  # the bar shows every step; --log-interval adds step events above it
+            config = with_values(config, {"log_interval": 0})
     trainer = open_run(config, resumed, saved, progress=progress, overwrite=args.overwrite)
 
     async def train():
@@ -151,5 +154,14 @@ def run(args) -> int:
             return await trainer.run()
 
     run_event_loop(train())
+    if not as_json:
+        print(next_commands(config.checkpoints.dir))
     return 0
+
+
+def next_commands(run_dir: Path) -> str:
+    """What a person may run next on the run just trained, shown after a run on a terminal."""
+    where = shlex.quote(str(run_dir))
+    return (f"Sample from it: cllm generate {where} --prompt 'The '\n"
+            f"Plot its loss:  cllm plot {where}    (or cllm plot --terminal {where})")
 

@@ -11,6 +11,7 @@ every checkpoint. A resumed run first drops the lines past its checkpoint's step
 the file once, whatever was killed when. Under MPI only rank 0 writes it.
 """
 
+import errno
 import json
 import math
 import os
@@ -114,19 +115,27 @@ def rewrite(path: Path, records: list) -> None:
 
 
 class History:
-    """Appends a run's steps to ``metrics.jsonl``; ``attach`` it to the trainer's hooks."""
+    """Appends a run's steps to ``metrics.jsonl``; ``attach`` it to the trainer's hooks.
+
+    A history that cannot be written (a full disk) is logged, never the end of the run: a line
+    that fails is taken back whole, so the file never holds a torn line between two others."""
 
     def __init__(self, run_dir: Path, resumed_step: int | None = None):
         """A new run (``resumed_step`` None) starts the file afresh; a resumed one continues it."""
         self.path = Path(run_dir) / FILE
         self.wall_before = 0.0  # training seconds of the run before this process
-        self.file = None  # None: the history cannot be written (a full disk), and the run goes on without it
-        self.guarded(lambda: self.open_file(resumed_step), resumed_step)
         self.started = None  # monotonic time of this process's first step
         self.lr = math.nan
         self.pending = None  # the last step's record, until nothing more can join it
+        self.failing = False  # the last write failed (logged once per run of failures)
+        self.fd = None
+        try:
+            self.open(resumed_step)
+        except OSError as error:
+            self.failed(error, resumed_step)
 
-    def open_file(self, resumed_step: int | None) -> None:
+    def open(self, resumed_step: int | None) -> None:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
         if resumed_step is not None and self.path.exists():
             kept, dropped = kept_lines(self.path, resumed_step)
             if dropped:
@@ -134,9 +143,10 @@ class History:
                 log.info("history_truncated", path=str(self.path), step=resumed_step, kept=len(kept))
             if kept:
                 self.wall_before = kept[-1].get("wall_s") or 0.0
-            self.file = open(self.path, "a")
         else:
-            self.file = open(self.path, "w")
+            flags |= os.O_TRUNC
+        self.fd = os.open(self.path, flags, 0o644)
+        self.size = os.fstat(self.fd).st_size
 
     def attach(self, hooks: Hooks) -> None:
         hooks.on(Hook.BATCH_START, self.step_starts)
@@ -168,24 +178,39 @@ class History:
         self.sync()
 
     def write_pending(self) -> None:
-        if self.pending is not None and self.file is not None:
-            record, self.pending = self.pending, None
-            self.guarded(lambda: (self.file.write(json.dumps(record) + "\n"), self.file.flush()), record["step"])
+        if self.pending is None or self.fd is None:
+            return
+        record, self.pending = self.pending, None
+        line = (json.dumps(record) + "\n").encode()
+        try:
+            if os.write(self.fd, line) != len(line):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        except OSError as error:
+            try:
+                os.ftruncate(self.fd, self.size)  # no torn line stays behind
+            except OSError:
+                pass
+            self.failed(error, record["step"])
+            return
+        self.size += len(line)
+        self.failing = False
 
     def sync(self) -> None:
-        if self.file is not None:
-            self.guarded(lambda: os.fsync(self.file.fileno()), None)
+        if self.fd is not None:
+            try:
+                os.fsync(self.fd)
+            except OSError as error:
+                self.failed(error, None)
 
-    def guarded(self, write, step) -> None:
-        """A history that cannot be written (a full disk) is logged, never the end of the run."""
-        try:
-            write()
-        except OSError as error:
+    def failed(self, error: OSError, step: int | None) -> None:
+        if not self.failing:
             log.warning("history_not_written", path=str(self.path), step=step, error=str(error))
+        self.failing = True
 
     def close(self) -> None:
-        if self.file is None or self.file.closed:
+        if self.fd is None:
             return
         self.write_pending()
         self.sync()
-        self.guarded(self.file.close, None)  # what a full disk kept in the buffer cannot be written now either
+        os.close(self.fd)
+        self.fd = None

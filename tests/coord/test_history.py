@@ -1,5 +1,6 @@
 """A run's history, metrics.jsonl: every step once, its evaluations, continued across a kill and a resume."""
 
+import io
 import json
 import os
 import re
@@ -9,8 +10,9 @@ import time
 from datetime import datetime
 
 import pytest
-import structlog
+from structlog.testing import capture_logs
 
+from cllm.coord.logs import configure
 from cllm.coord.training.history import FILE, History
 from cllm.coord.training.hooks import Hook, Hooks
 
@@ -52,7 +54,6 @@ def test_a_resumed_history_drops_the_steps_past_its_checkpoint_and_a_torn_line(t
     history, hooks = History(tmp_path), Hooks()
     history.attach(hooks)
     take_steps(hooks, range(1, 18), checkpoint={10})  # killed at step 17: never closed
-    history.file.flush()
     with open(tmp_path / FILE, "a") as f:
         f.write('{"step": 18, "lo')  # a line the kill cut short
     wall_at_10 = history_of_lines(tmp_path)[9]["wall_s"]
@@ -77,6 +78,36 @@ def test_a_new_run_starts_its_history_afresh(tmp_path):
     take_steps(hooks, [1])
     history.close()
     assert [r["step"] for r in history_of(tmp_path)] == [1]
+
+
+def test_a_full_disk_loses_lines_whole_and_never_ends_the_run(tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here to fill a disk")
+    try:
+        history, hooks = History(disk), Hooks()
+        history.attach(hooks)
+        take_steps(hooks, range(1, 6))
+        filler = disk / "filler"
+        with open(filler, "wb", buffering=0) as f:  # leave less room than a few lines need
+            try:
+                while True:
+                    f.write(b"\0" * 512)
+            except OSError:
+                pass
+        configure("json", "info", stream=io.StringIO())  # whatever level an earlier test left
+        with capture_logs() as logged:
+            take_steps(hooks, range(6, 40), checkpoint={20})
+            filler.unlink()
+            take_steps(hooks, range(40, 45))
+            history.close()
+        assert [e["event"] for e in logged] == ["history_not_written"]  # once, not once a step
+        lines = (disk / FILE).read_text().splitlines()
+        steps = [json.loads(line)["step"] for line in lines]  # every line whole
+        assert steps[:5] == [1, 2, 3, 4, 5] and steps[-5:] == [40, 41, 42, 43, 44] and len(steps) < 44
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], capture_output=True)
 
 
 def test_a_killed_and_resumed_run_has_every_step_once(tmp_path):
@@ -115,13 +146,15 @@ def test_console_logs_to_a_pipe_have_step_events_every_log_interval(tmp_path, in
     logged = [int(m.group(1)) for m in re.finditer(r"\] step .* step=(\d+) ", result.stdout)]
     assert logged == expected
     assert not result.stdout.lstrip().startswith("{")  # readable lines, not JSON
+    assert result.stdout.splitlines()[-2] == f"Sample from it: cllm generate {tmp_path / 'run'} --prompt 'The '"
 
 
 def test_a_history_that_cannot_be_written_is_logged_and_never_ends_the_run(tmp_path):
     """On a full disk (/dev/full) the buffered lines fail again when the file is closed: before, that was an
     OSError out of the run's end, and the daemon exited 1 into a restart loop instead of pausing the job."""
     (tmp_path / "metrics.jsonl").symlink_to("/dev/full")
-    with structlog.testing.capture_logs() as logs:
+    configure("json", "info", stream=io.StringIO())  # whatever level an earlier test left
+    with capture_logs() as logs:
         history, hooks = History(tmp_path), Hooks()
         history.attach(hooks)
         take_steps(hooks, range(5, 9), evaluate={8}, checkpoint={8})
@@ -140,8 +173,9 @@ def test_a_history_that_cannot_be_opened_is_logged_and_never_ends_the_run(tmp_pa
         history.close()
     if subprocess.run(["chattr", "+i", str(run)], capture_output=True).returncode:
         pytest.skip("chattr +i is not available here")
+    configure("json", "info", stream=io.StringIO())
     try:
-        with structlog.testing.capture_logs() as logs:
+        with capture_logs() as logs:
             history, hooks = History(run, resumed), Hooks()
             history.attach(hooks)
             take_steps(hooks, range(1, 4), checkpoint={3})

@@ -132,3 +132,14 @@ def test_bad_histories_are_one_line_and_exit_2(tmp_path, capsys, make, message, 
 def test_an_output_that_is_not_png_is_refused(tmp_path, capsys):
     assert main(["plot", str(write_run(tmp_path / "run")), "-o", str(tmp_path / "loss.jpg")]) == 2
     assert "give a name ending in .png" in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    assert main(["plot", str(write_run(tmp_path / "run")), "-o", str(tmp_path / "missing" / "loss.png")]) == 2
+    assert capsys.readouterr().err.strip().endswith("cannot be written (No such file or directory); give another -o")
+    (tmp_path / "readonly").mkdir(mode=0o555)
+    if os.access(tmp_path / "readonly", os.W_OK):  # root writes anyway: a file in the way of the rename instead
+        (tmp_path / "readonly" / "loss.png").mkdir()
+    assert main(["plot", str(tmp_path / "run"), "-o", str(tmp_path / "readonly" / "loss.png")]) == 2
+    assert "cannot be written" in capsys.readouterr().err
+    assert not [p for p in (tmp_path / "readonly").iterdir() if p.name.startswith(".")]
