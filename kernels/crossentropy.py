@@ -34,10 +34,12 @@ def row_max(row):
 
 @kernel
 def crossentropy_forward(logits, targets):
-    # logits (N,V), targets (N,) -> sum over rows of -log softmax(logits)[target]
+    # logits (N,V), targets (N,) -> (sum over rows of -log softmax(logits)[target], rows whose
+    # target has the largest logit: the predictions a greedy choice gets right, ties counted right)
     N, V = logits.shape
     t = logits.dtype.type
     loss = 0.0
+    hits = 0
     for i in range(N):
         row = logits[i]
         mx = row_max(row)
@@ -45,7 +47,9 @@ def crossentropy_forward(logits, targets):
         for j in range(V):
             total += exp(row[j] - mx)
         loss += np.log(total) + mx - row[targets[i]]
-    return loss
+        if row[targets[i]] >= mx:
+            hits += 1
+    return loss, hits
 
 
 @kernel
@@ -74,15 +78,17 @@ def crossentropy_forward_backward(logits, targets, dloss):
     return loss
 
 
-def head_loss(x: np.ndarray, head: np.ndarray, targets: np.ndarray, chunk: np.ndarray, mm=FLOAT32) -> float:
-    """Summed cross-entropy of the logits x (N,C) @ head (V,C).T; ``chunk`` (R,V) is scratch."""
-    total = 0.0
+def head_loss(x: np.ndarray, head: np.ndarray, targets: np.ndarray, chunk: np.ndarray, mm=FLOAT32) -> tuple:
+    """(summed cross-entropy, rows predicted right) of the logits x (N,C) @ head (V,C).T; ``chunk`` (R,V)
+    is scratch."""
+    total, hits = 0.0, 0
     R = chunk.shape[0]
     for a in range(0, x.shape[0], R):
         logits = chunk[:min(R, x.shape[0] - a)]
         mm(logits, x[a:a + R], head.T)
-        total += crossentropy_forward(logits, targets[a:a + R])
-    return float(total)
+        loss, right = crossentropy_forward(logits, targets[a:a + R])
+        total, hits = total + loss, hits + right
+    return float(total), int(hits)
 
 
 def head_loss_backward(x: np.ndarray, head: np.ndarray, targets: np.ndarray, dloss: float, dx: np.ndarray,

@@ -268,9 +268,15 @@ def forward(w: Tensors, acts: Activations, tokens: np.ndarray, drop: Dropout | N
     return logits
 
 
+def scores(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> tuple:
+    """Forward only (no dropout): (sum over the B*T positions of the cross-entropy, positions whose
+    target is the likeliest token)."""
+    return head_loss(hidden(w, acts, tokens), w.head, targets.reshape(-1), acts.logits, acts.mm)
+
+
 def loss_sum(w: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray) -> float:
     """Sum over the B*T positions of the cross-entropy, forward only (no dropout)."""
-    return head_loss(hidden(w, acts, tokens), w.head, targets.reshape(-1), acts.logits, acts.mm)
+    return scores(w, acts, tokens, targets)[0]
 
 
 def forward_backward(w: Tensors, g: Tensors, acts: Activations, tokens: np.ndarray, targets: np.ndarray,

@@ -186,8 +186,8 @@ def load_training_state(path: Path) -> TrainingState:
         if not isinstance(settings, dict):
             raise ValueError("the settings are not an object")
         run_state = state["run_state"]
-        if run_state.shape != (5,) or not np.issubdtype(run_state.dtype, np.number):
-            raise ValueError(f"run_state has shape {run_state.shape} of {run_state.dtype}, not 5 numbers")
+        if run_state.shape not in ((5,), (8,)) or not np.issubdtype(run_state.dtype, np.number):
+            raise ValueError(f"run_state has shape {run_state.shape} of {run_state.dtype}, not 8 (or 5) numbers")
         step = state["optimizer_step"]
         if step.shape != () or not np.issubdtype(step.dtype, np.integer):
             raise ValueError("optimizer_step is not a whole number")

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..nodezero import MAX_WORKERS
+from .ctl_view import show
 from .options import positive_float
 
 CTL_COMMANDS = ("status", "pause", "resume", "checkpoint", "stop", "workers", "stats", "jobs", "submit", "cancel")
@@ -16,9 +17,13 @@ def add_parser(commands) -> None:
     p.add_argument("command", choices=CTL_COMMANDS)
     p.add_argument("argument", nargs="?", help="workers: the count; submit: a job's TOML file; cancel: a job id")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--socket", type=Path, help="the daemon's control socket")
-    where.add_argument("--config", type=Path, help="the daemon's configuration, to find its socket")
-    p.add_argument("--timeout", type=positive_float, default=900.0, help="seconds to wait for the answer")
+    where.add_argument("--socket", type=Path, metavar="PATH",
+                       help="the daemon's control socket (default: $RUNTIME_DIRECTORY/control.sock under systemd, "
+                            "else $XDG_RUNTIME_DIR/cllm/control.sock, else /run/cllm/control.sock)")
+    where.add_argument("--config", type=Path, metavar="FILE", help="the daemon's configuration, to find its socket")
+    p.add_argument("--json", action="store_true", help="print the reply as JSON instead of for reading")
+    p.add_argument("--timeout", type=positive_float, default=900.0, metavar="SECONDS",
+                   help="seconds to wait for the answer")
     p.set_defaults(run=run)
 
 
@@ -55,11 +60,7 @@ def run(args) -> int:
     from cllm.protocol.wire import WireError
 
     request = ControlRequest(id=os.getpid(), command=args.command, args=ctl_args(args.command, args.argument))
-    if args.socket is not None:
-        path = args.socket
-    else:
-        from ..service.config import load_config
-        path = load_config(args.config).service.socket if args.config else load_config_default_socket()
+    path = socket_path(args)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(args.timeout)
         try:
@@ -67,7 +68,8 @@ def run(args) -> int:
             sock.sendall(encode_request(request))
             reply = sock.makefile("rb").readline()
         except (FileNotFoundError, ConnectionRefusedError):
-            raise UserError(f"no daemon answers at {path}; is 'cllm serve' running?") from None
+            raise UserError(f"no daemon answers at {path}; is 'cllm serve' running? (else give its --socket or "
+                            "--config)") from None
         except TimeoutError:
             raise UserError(f"no answer from {path} within {args.timeout:g}s") from None
         except OSError as error:
@@ -78,12 +80,18 @@ def run(args) -> int:
     if not body["ok"]:
         print(f"cllm ctl: {args.command} refused: {body['error']['detail']}", file=sys.stderr)
         return 1
-    print(json.dumps(body["result"], indent=2))
+    print(json.dumps(body["result"], indent=2) if args.json else show(args.command, body["result"]))
     return 0
 
 
-def load_config_default_socket() -> Path:
-    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
-    if runtime:
-        return Path(runtime) / "control.sock"
-    raise UserError("give --socket or --config to find the daemon's control socket")
+def socket_path(args) -> Path:
+    """--socket, the socket of --config's daemon, or the default: the one ``cllm serve`` uses when its
+    configuration names none, or the system daemon's (/run/cllm) when only that one is there."""
+    from ..service.config import SYSTEM_SOCKET, default_socket, load_config
+
+    if args.socket is not None:
+        return args.socket
+    if args.config is not None:
+        return load_config(args.config).service.socket
+    path = default_socket()
+    return SYSTEM_SOCKET if not path.exists() and SYSTEM_SOCKET.exists() else path

@@ -5,19 +5,26 @@ import sys
 import traceback
 
 from ..errors import OperationalError, RunFailed, UserError
+from ..logs import is_journal
 from ..signals import leave
 from . import ctl, evaluate, generate, plot, serve, train
+from .options import DefaultsFormatter, version_line
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad command line as one line and exit status 2."""
+    """argparse that reports a bad command line as one line and exit status 2, and shows every
+    option's default in its help."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, formatter_class=DefaultsFormatter, **kwargs)
 
     def error(self, message):
-        raise UserError(f"{self.prog}: {message} (see '{self.prog} --help')")
+        raise UserError(f"{message} (see '{self.prog} --help')")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="cllm", description="Train GPT-style language models on CPUs.")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in (train, generate, evaluate, plot, serve, ctl):
         command.add_parser(commands)
@@ -36,7 +43,7 @@ def main(argv=None) -> int:
     except (UserError, RunFailed, OperationalError) as error:
         return report(error)
     except KeyboardInterrupt:
-        print("cllm: interrupted", file=sys.stderr)
+        say("cllm: interrupted", 6)
         return 130
     except BrokenPipeError:
         return 0
@@ -66,7 +73,12 @@ def report(error: Exception) -> int:
     message (a path or a value given with one) is written as \\n, so that the line stays one."""
     text = str(error).replace("\r", "\\r").replace("\n", "\\n")
     if isinstance(error, UserError):
-        print(f"cllm: error: {text}", file=sys.stderr)
+        say(f"cllm: error: {text}")
         return 2
-    print(f"cllm: {'run failed' if isinstance(error, RunFailed) else 'error'}: {text}", file=sys.stderr)
+    say(f"cllm: {'run failed' if isinstance(error, RunFailed) else 'error'}: {text}")
     return 1
+
+
+def say(line: str, priority: int = 3) -> None:
+    """A line on standard error, with its syslog priority when standard error is the journal."""
+    print(f"<{priority}>{line}" if is_journal(sys.stderr) else line, file=sys.stderr)

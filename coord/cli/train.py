@@ -49,6 +49,9 @@ def add_parser(commands) -> None:
         if title not in groups:
             groups[title] = p.add_argument_group(title)
         option(groups[title], s)
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="a TOML file of settings, in the tables of the daemon's configuration ([data], [model], "
+                        "[training]; see deploy/cllm.toml); options given here override it")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue a run from its checkpoint directory; the model, tokenizer "
                                                "and settings come from the checkpoint unless given again")
     p.add_argument("--overwrite", action="store_true",
@@ -58,15 +61,19 @@ def add_parser(commands) -> None:
 
 
 def given_values(args) -> dict:
-    values = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name, None) is not None}
+    """The settings the command line gives: those of ``--config`` FILE, overridden by the options."""
+    from ..service.config import load_run_file
+
+    from_file = load_run_file(args.config) if args.config is not None else {}
+    given = {s.name: getattr(args, s.name) for s in SETTINGS if getattr(args, s.name, None) is not None}
     if args.data is not None:
-        values["path"] = args.data
+        given["path"] = args.data
     for name in ("include", "exclude"):
-        if name in values:
-            values[name] = tuple(values[name])
-    if "steps" in values:
-        values["epochs"] = 0
-    return values
+        if name in given:
+            given[name] = tuple(given[name])
+    if "steps" in given or ("steps" in from_file and "epochs" not in from_file):
+        given["epochs"] = 0  # a length in steps, not a resumed run's epochs
+    return {**from_file, **given}
 
 
 def sizes_of(model) -> dict:

@@ -207,18 +207,35 @@ def field(record: dict, key: str, kind: type, where: str, default=None):
     return value
 
 
+NO_ANSWER = "(no answer)"  # the answer a SQuAD v2.0 question without one is trained on
+
+
+def squad_answers(qa, at: str) -> list:
+    """The gold answer texts of one SQuAD question (none for a v2.0 question without an answer)."""
+    if not isinstance(qa, dict):
+        raise ValueError(f"{at} is not an object")
+    answers = field(qa, "answers", list, at, [])
+    for j, answer in enumerate(answers):
+        if not isinstance(answer, dict):
+            raise ValueError(f"{at}.answers[{j}] is not an object")
+        field(answer, "text", str, f"{at}.answers[{j}]")
+    return [answer["text"] for answer in answers]
+
+
+def squad_prompt(context: str, question: str) -> str:
+    """The text a question is asked with, as training reads SQuAD: the answer follows "Answer:"."""
+    return f"{context.strip()}\n\nQuestion: {question.strip()}\nAnswer:"
+
+
 def squad_paragraph(paragraph, where: str) -> str:
+    """A paragraph as training text: the context, then each question and its first answer."""
     if not isinstance(paragraph, dict):
         raise ValueError(f"{where} is not an object")
     lines = [field(paragraph, "context", str, where).strip(), ""]
     for i, qa in enumerate(field(paragraph, "qas", list, where, [])):
         at = f"{where}.qas[{i}]"
-        if not isinstance(qa, dict):
-            raise ValueError(f"{at} is not an object")
-        answers = field(qa, "answers", list, at, [])
-        if answers and not isinstance(answers[0], dict):
-            raise ValueError(f"{at}.answers[0] is not an object")
-        answer = field(answers[0], "text", str, f"{at}.answers[0]") if answers else "(no answer)"
+        answers = squad_answers(qa, at)
+        answer = answers[0] if answers else NO_ANSWER
         lines += [f"Question: {field(qa, 'question', str, at).strip()}", f"Answer: {answer.strip()}"]
     return "\n".join(lines)
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..logs import LEVELS
 from ..settings import (COUNT, FLAG, NAME, PATH, SECONDS, Rule, convert, declared, get, one_of, printable, setting,
                         show)
-from ..training.config import SETTINGS, RunConfig, check, table_of, with_values
+from ..training.config import BY_NAME, DEFAULT_CACHE, SETTINGS, RunConfig, check, table_of, with_values
 
 
 def is_loopback(text: str) -> bool:
@@ -53,7 +54,7 @@ class ServiceSettings:
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    level: str = setting("info", one_of(("debug", "info", "warning", "error")), "the lowest level logged")
+    level: str = setting("info", one_of(LEVELS), "the lowest level logged")
     format: str = setting("json", one_of(("json", "console")), "one JSON object a line, or readable lines")
 
 
@@ -84,6 +85,7 @@ JOB_TABLES = RUN_TABLES  # what a submitted job may change
 # where each run setting is written in the file; checkpoint_dir is the daemon's (<state_dir>/jobs/<id>)
 RUN_KEYS = {table: {s.name: s for s in SETTINGS if table_of(s.name) == table and s.name != "checkpoint_dir"}
             for table in TABLES}
+TRAIN_KEYS = {table: {s.name: s for s in SETTINGS if table_of(s.name) == table} for table in TABLES}  # `cllm train`
 RELOADABLE = frozenset({"logging.level", "training.eval_interval", "training.checkpoint_interval"})
 MAX_SOCKET_PATH = 107  # bytes in sockaddr_un.sun_path, less the terminating NUL
 
@@ -96,29 +98,41 @@ def spell(name: str) -> str:
 def load_config(path: Path, environ: Mapping = os.environ) -> ServiceConfig:
     """The configuration in ``path``, checked, with every path resolved to an absolute one.
 
-    ``environ`` supplies systemd's STATE_DIRECTORY and RUNTIME_DIRECTORY, the defaults of
-    [service] state_dir and socket.
+    ``environ`` supplies systemd's STATE_DIRECTORY and RUNTIME_DIRECTORY (or the user's
+    XDG_RUNTIME_DIR), the defaults of [service] state_dir and socket.
     """
     path, where = Path(path), str(path)
     raw = read_toml(path)
-    for table, value in raw.items():
-        if table not in TABLES:
-            what = f"unknown table [{printable(table)}]" if isinstance(value, dict) else f"key {printable(table)} outside any table"
-            raise UserError(f"{where}: {what}; allowed tables: {', '.join(TABLES)}")
+    check_tables(raw, where)
     own = {table: parse_own(table, raw.get(table, {}), where) for table in OWN_TABLES}
     base = path.absolute().parent
     service = own["service"]
     state_dir = (located(base, service.get("state_dir", "")) or first_directory(environ, "STATE_DIRECTORY")
                  or base / "cllm-state")
-    runtime_dir = first_directory(environ, "RUNTIME_DIRECTORY")
-    socket = located(base, service.get("socket", "")) or (runtime_dir or state_dir) / "control.sock"
+    socket = located(base, service.get("socket", "")) or default_socket(environ)
     own["service"] = {**service, "state_dir": state_dir, "socket": socket,
                       "data_roots": tuple(located(base, root) for root in service.get("data_roots", ()) if root)}
-    values = {"cache_dir": state_dir / "cache", **parse_run(raw, TABLES, where, base, state_dir)}
+    values = {"cache_dir": state_dir / "cache", **parse_run(raw, TABLES, where, base, state_dir / "cache")}
     config = ServiceConfig(source=path.absolute(), run=with_values(RunConfig(), values),
                            **{table: cls(**own[table]) for table, cls in OWN_TABLES.items()})
     check_combinations(config, where)
     return config
+
+
+def load_run_file(path: Path) -> dict:
+    """The run settings a TOML file gives `cllm train --config`, checked, paths made absolute.
+
+    The file is the daemon's: [data], [model], [training] (which may also name the run's
+    checkpoint_dir here) and [service] step_timeout; the daemon's own keys may be there, so that
+    one file serves both, and are checked but not used. Relative paths are relative to the
+    file's directory.
+    """
+    path, where = Path(path), str(path)
+    raw = read_toml(path)
+    check_tables(raw, where)
+    for table in OWN_TABLES:
+        parse_own(table, raw.get(table, {}), where)
+    return parse_run(raw, TABLES, where, path.absolute().parent, DEFAULT_CACHE, TRAIN_KEYS)
 
 
 def merge_job(config: ServiceConfig, overrides: Mapping, where: str = "job") -> ServiceConfig:
@@ -129,7 +143,7 @@ def merge_job(config: ServiceConfig, overrides: Mapping, where: str = "job") -> 
     for table in overrides:
         if table not in JOB_TABLES:
             raise UserError(f"{where}: unknown table [{printable(table)}]; a job may set: {', '.join(JOB_TABLES)}")
-    values = confined(parse_run(overrides, JOB_TABLES, where, config.source.parent, config.service.state_dir),
+    values = confined(parse_run(overrides, JOB_TABLES, where, config.source.parent, config.service.state_dir / "cache"),
                       config, where)
     merged = dataclasses.replace(config, run=with_values(config.run, values))
     check_combinations(merged, where)
@@ -203,28 +217,41 @@ def read_toml(path: Path) -> dict:
         raise UserError(f"{path}: invalid TOML: arrays or tables nested too deeply; fix the file") from None
 
 
+def check_tables(raw: dict, where: str) -> None:
+    for table, value in raw.items():
+        if table not in TABLES:
+            what = (f"unknown table [{printable(table)}]" if isinstance(value, dict)
+                    else f"key {printable(table)} outside any table")
+            raise UserError(f"{where}: {what}; allowed tables: {', '.join(TABLES)}")
+
+
 def table_items(table: str, raw, where: str) -> dict:
     if not isinstance(raw, dict):
         raise UserError(f"{where}: {table} must be a table, got {show(raw)}; write its keys under [{table}]")
     return raw
 
 
-def parse_run(raw: Mapping, tables, where: str, base: Path, state_dir: Path) -> dict:
-    """The run settings given in ``tables`` of ``raw``, checked; paths made absolute ("" is the default)."""
+def parse_run(raw: Mapping, tables, where: str, base: Path, default_cache: Path, keys=None) -> dict:
+    """The run settings given in ``tables`` of ``raw``, checked; paths made absolute ("" is the default).
+    ``keys`` maps each table to the settings it may hold (the daemon's RUN_KEYS unless given)."""
+    keys = keys or RUN_KEYS
     values = {}
     for table in tables:
-        allowed = RUN_KEYS[table]
+        allowed = keys[table]
         for key, value in table_items(table, raw.get(table, {}), where).items():
             if key not in allowed:
                 if table in OWN_TABLES and key in {f.name for f in dataclasses.fields(OWN_TABLES[table])}:
                     continue
-                raise UserError(f"{where}: unknown key [{table}] {printable(key)}; allowed: {', '.join(keys_of(table))}")
+                raise UserError(f"{where}: unknown key [{table}] {printable(key)}; allowed: "
+                                f"{', '.join(keys_of(table, keys))}")
             values[key] = convert(allowed[key], value, f"{where}: [{table}] {key}")
     for key in ("path", "init_from"):
         if key in values:
             values[key] = located(base, values[key])
     if "cache_dir" in values:
-        values["cache_dir"] = located(base, values["cache_dir"]) or state_dir / "cache"
+        values["cache_dir"] = located(base, values["cache_dir"]) or default_cache
+    if "checkpoint_dir" in values:
+        values["checkpoint_dir"] = located(base, values["checkpoint_dir"]) or BY_NAME["checkpoint_dir"].default
     return values
 
 
@@ -242,9 +269,9 @@ def parse_own(table: str, raw, where: str) -> dict:
     return values
 
 
-def keys_of(table: str) -> list:
+def keys_of(table: str, keys=None) -> list:
     own = [f.name for f in dataclasses.fields(OWN_TABLES[table])] if table in OWN_TABLES else []
-    return own + list(RUN_KEYS[table])
+    return own + list((keys or RUN_KEYS)[table])
 
 
 def located(base: Path, text: str) -> Path | None:
@@ -256,6 +283,22 @@ def first_directory(environ: Mapping, name: str) -> Path | None:
     """systemd's StateDirectory= and RuntimeDirectory= may list several directories, ':'-separated."""
     text = environ.get(name, "").split(":")[0]
     return Path(text).absolute() if text else None
+
+
+SYSTEM_SOCKET = Path("/run/cllm/control.sock")  # deploy/cllm.service's RuntimeDirectory=cllm
+
+
+def default_socket(environ: Mapping = os.environ) -> Path:
+    """The control socket when none is given, the same for `cllm serve` and `cllm ctl`: in systemd's
+    RuntimeDirectory= when there is one, /run/cllm under systemd otherwise (INVOCATION_ID), else the
+    user's own runtime directory ($XDG_RUNTIME_DIR/cllm), else /run/cllm."""
+    runtime = first_directory(environ, "RUNTIME_DIRECTORY")
+    if runtime:
+        return runtime / "control.sock"
+    user_runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if user_runtime and not environ.get("INVOCATION_ID"):
+        return Path(user_runtime) / "cllm" / "control.sock"
+    return SYSTEM_SOCKET
 
 
 def check_combinations(c: ServiceConfig, where: str) -> None:

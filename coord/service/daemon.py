@@ -38,7 +38,7 @@ from .health import HealthMonitor
 from ..signals import StopSignals, stop_grace
 from ..training.hooks import Hook
 from .jobs import JobStore
-from ..logs import configure
+from ..logs import configure, iso_time
 from .notify import Notifier, WatchdogGate
 from ..training.config import with_values
 from ..training.run import open_run
@@ -110,6 +110,7 @@ class Service:
         self.set_ready("idle: no queued job")
         self.wake.clear()
         while not self.stopping and self.jobs.next() is None:
+            self.follow_metrics()
             try:
                 await asyncio.wait_for(self.wake.wait(), 1.0)
             except TimeoutError:
@@ -140,7 +141,9 @@ class Service:
             return
         self.job = job
         self.jobs.set(job, "running")
+        self.last_status = {}
         self.attach(self.trainer)
+        self.follow_metrics()
         log.info("job_started", job=job.id, run_dir=str(run_dir), step=self.trainer.state.step)
         monitor = asyncio.create_task(self.health.watch())
         try:
@@ -161,6 +164,7 @@ class Service:
         finally:
             monitor.cancel()
             self.trainer, self.job = None, None
+            self.follow_metrics()
 
     async def open_job(self, run, resumed, saved):
         """The job's Trainer; under mpiexec, offered to the other ranks and opened on every rank."""
@@ -177,10 +181,20 @@ class Service:
     def pause_job(self, job, error: OperationalError) -> None:
         log.error("job_paused", job=job.id, error=str(error), action="fix the cause, then 'cllm ctl resume' or restart")
         self.jobs.set(job, "paused", str(error))
+        self.follow_metrics()
+
+    def follow_metrics(self) -> None:
+        """Metrics of what `cllm ctl status` and `jobs` tell: step, epoch, paused, the job, the queue."""
+        if self.metrics is not None:
+            self.metrics.follow(self.status(), self.jobs.listing())
 
     def attach(self, trainer) -> None:
         """Hooks that report a run's progress to systemd, metrics and the health monitor."""
-        trainer.on_idle = self.watchdog.progress  # paused on purpose is not stuck
+        def paused():
+            self.watchdog.progress()  # paused on purpose is not stuck
+            self.follow_metrics()
+
+        trainer.on_idle = paused
         health = HealthMonitor(trainer.node, self.config.service.stall_timeout, self.config.service.memory_limit_mb,
                                on_memory=lambda: trainer.request_stop("memory"))
         self.health = health
@@ -188,8 +202,7 @@ class Service:
         def step_done(info):
             self.watchdog.progress()
             health.loss(info["step"], info["loss"])
-            self.last_status = {"step": info["step"], "loss": info["loss"],
-                                "tokens_per_s": info["tokens"] / info["seconds"]}
+            self.last_status.update(step=info["step"], loss=info["loss"], tokens_per_s=info["tokens"] / info["seconds"])
             self.notifier.status(f"step {info['step']} loss {info['loss']:.4f} "
                                  f"{self.last_status['tokens_per_s']:.0f} tok/s")
             if self.metrics is not None:
@@ -197,8 +210,10 @@ class Service:
                 self.metrics.set_workers(trainer.node.n_workers)
                 if trainer.last_val_loss is not None:
                     self.metrics.observe_eval(trainer.last_val_loss)
+                self.follow_metrics()
 
         def batch_start(info):
+            self.last_status["epoch"] = info["epoch"]
             self.set_ready(f"training {self.job.id if self.job else ''} from step {info['step']}")
 
         trainer.hooks.on(Hook.BATCH_END, step_done)
@@ -300,7 +315,7 @@ class Service:
         t = self.trainer
         status = {"pid": os.getpid(), "state": "stopping" if self.stopping else "idle" if t is None else
                   t.node.control.state.name.lower(), "job": self.job.id if self.job else None,
-                  "time": time.time()}
+                  "time": iso_time(time.time())}
         paused = self.jobs.paused()
         if t is None and paused:  # why nothing trains
             status.update(state="paused", job=paused[0].id, reason=paused[0].detail)

@@ -17,6 +17,7 @@ from pathlib import Path
 import structlog
 
 from ..files import write_atomically
+from ..logs import iso_time
 
 log = structlog.get_logger("cllm.jobs")
 
@@ -117,4 +118,5 @@ class JobStore:
         self.save()
 
     def listing(self) -> list:
-        return [asdict(job) for job in self.jobs]
+        """The queue as the control socket tells it, times in ISO 8601."""
+        return [{**asdict(job), "submitted": iso_time(job.submitted)} for job in self.jobs]

@@ -1,31 +1,43 @@
 """Optional Prometheus text metrics on a loopback address (``[metrics] enabled = true``).
 
 prometheus-client (the ``metrics`` extra) is imported only when metrics are on. Each
-``Metrics`` has its own registry.
+``Metrics`` has its own registry; the README lists every metric with its type and unit.
+Everything is set from the daemon's event loop: the HTTP server's thread only reads.
 """
 
 import math
 import time
 
+from ..build import python_version, version
 from ..errors import UserError
+from .jobs import STATUSES
 
 STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
     def __init__(self, address: str, port: int):
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector
 
         self.address, self.port = address, port
         self.registry = CollectorRegistry()
         r = self.registry
-        self.steps = Counter("cllm_steps", "optimizer steps taken", registry=r)
-        self.tokens = Counter("cllm_tokens", "training tokens processed", registry=r)
+        Info("cllm_build", "the CLLM version and the Python running it", registry=r).info(
+            {"version": version(), "python": python_version()})
+        ProcessCollector(registry=r)  # process_cpu_seconds_total, process_resident_memory_bytes, ...
+        self.steps = Counter("cllm_steps", "optimizer steps taken by this process", registry=r)
+        self.tokens = Counter("cllm_tokens", "training tokens processed by this process", registry=r)
+        self.step = Gauge("cllm_step", "the run's global optimizer step (continues across resumes)", registry=r)
+        self.epoch = Gauge("cllm_epoch", "the epoch of the run's last step, from 0", registry=r)
         self.loss = Gauge("cllm_loss", "training loss of the last step", registry=r)
         self.val_loss = Gauge("cllm_val_loss", "the last validation loss", registry=r)
         self.tokens_per_s = Gauge("cllm_tokens_per_second", "training tokens per second of the last step", registry=r)
         self.step_seconds = Histogram("cllm_step_seconds", "wall time of a step", buckets=STEP_BUCKETS, registry=r)
         self.workers = Gauge("cllm_workers", "worker threads", registry=r)
+        self.paused = Gauge("cllm_paused", "1 while nothing trains until an operator resumes (a paused run or job)",
+                            registry=r)
+        self.job = Gauge("cllm_job_info", "1 for the job in progress (or paused), by id", ["id"], registry=r)
+        self.jobs = Gauge("cllm_jobs", "jobs in the queue, by status", ["status"], registry=r)
         self.last_checkpoint = Gauge("cllm_last_checkpoint_timestamp_seconds", "when the last checkpoint was written",
                                      registry=r)
         self.last_checkpoint.set(math.nan)
@@ -61,6 +73,19 @@ class Metrics:
 
     def set_workers(self, count: int) -> None:
         self.workers.set(count)
+
+    def follow(self, status: dict, jobs: list) -> None:
+        """The daemon's state as `cllm ctl status` and `jobs` tell it: step, epoch, paused, the job, the queue."""
+        if "step" in status:
+            self.step.set(status["step"])
+        if "epoch" in status:
+            self.epoch.set(status["epoch"])
+        self.paused.set(1 if status["state"] == "paused" else 0)
+        self.job.clear()
+        if status.get("job") and status["state"] != "idle":
+            self.job.labels(id=status["job"]).set(1)
+        for name in STATUSES:
+            self.jobs.labels(status=name).set(sum(1 for job in jobs if job["status"] == name))
 
     def checkpoint_saved(self, timestamp: float | None = None) -> None:
         self.last_checkpoint.set(time.time() if timestamp is None else timestamp)

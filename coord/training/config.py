@@ -152,6 +152,9 @@ def check(config: RunConfig, spell) -> None:
     if d.tokenizer == "bpe" and d.vocab_size < 257:
         raise UserError(f"{spell('vocab_size')} must be at least 257 with the bpe tokenizer (the 256 bytes and one "
                         f"merge), got {d.vocab_size}")
+    if s.kind == "plateau" and not config.eval.interval:
+        raise UserError(f"the plateau schedule reduces the learning rate when validation stalls; give "
+                        f"{spell('eval_interval')} > 0")
     if s.kind == "exponential" and s.min_lr <= 0:
         raise UserError(f"the exponential schedule needs a positive {spell('min_lr')} to decay to")
     if s.kind != "constant" and s.min_lr > s.lr:

@@ -31,7 +31,7 @@ from ..nodezero.node_zero import NodeZero, StepFailed
 from ..nodezero.states import ControlState
 from .config import RunConfig, resumable
 from .optimizer import Optimizer, OptimizerConfig
-from .schedule import learning_rate
+from .schedule import Plateau, learning_rate
 
 log = structlog.get_logger("cllm.train")
 
@@ -47,6 +47,20 @@ class RunState:
     best_step: int = 0
     evals_since_best: int = 0
     bad_in_row: int = 0
+    plateau: Plateau = dataclasses.field(default_factory=Plateau)
+
+    def saved(self) -> np.ndarray:
+        """The checkpoint's run_state: 8 numbers (a checkpoint before the plateau schedule has the first 5)."""
+        p = self.plateau
+        return np.array([self.step, self.best_val, self.best_step, self.evals_since_best, self.bad_in_row, p.best,
+                         p.stalled, p.reductions], dtype=np.float64)
+
+    @classmethod
+    def restored(cls, numbers) -> "RunState":
+        step, best_val, best_step, evals_since_best, bad_in_row, *plateau = numbers
+        best, stalled, reductions = plateau or (math.inf, 0, 0)
+        return cls(int(step), float(best_val), int(best_step), int(evals_since_best), int(bad_in_row),
+                   Plateau(float(best), int(stalled), int(reductions)))
 
 
 def estimate_memory(model: GPTConfig, batch_size: int, seq_len: int, threads: int) -> int:
@@ -179,7 +193,7 @@ class Trainer:
             last_of_epoch = step % per_epoch == 0
             if last_of_epoch:
                 self.node.notify(M.BOUNDARY_REGION_ENTER, pl.Region(step=step, position=position, kind="epoch_end"))
-            lr = learning_rate(self.schedule, step)
+            lr = learning_rate(self.schedule, step, s.plateau.reductions)
             self.hooks.fire(Hook.BATCH_START, step=step, epoch=epoch, lr=lr)
             result = await self.train_step(step, lr)
             s.step = step
@@ -275,6 +289,12 @@ class Trainer:
         self.hooks.fire(Hook.EVALUATED, step=s.step, val_loss=val_loss)
         log.info("eval", step=s.step, val_loss=round(val_loss, 6), val_perplexity=round(math.exp(min(val_loss, 700)), 4),
                  best_val_loss=round(s.best_val, 6))
+        # the plateau counts the evaluations on the interval only, so that a run stopped at any step and
+        # resumed takes the same learning rates as one that was not stopped
+        on_interval = self.config.eval.interval and s.step % self.config.eval.interval == 0
+        if self.schedule.kind == "plateau" and on_interval and s.plateau.observe(self.schedule, val_loss):
+            log.info("lr_reduced", step=s.step, reductions=s.plateau.reductions,
+                     lr=learning_rate(self.schedule, s.step + 1, s.plateau.reductions))
         return val_loss
 
     async def boundary(self) -> bool:
@@ -375,8 +395,7 @@ class Trainer:
         if not self.leads:  # rank 0 writes the run's checkpoints
             return None
         training_state = {"optimizer_state": self.optimizer.state, "optimizer_step": np.int64(self.optimizer.step),
-                          "run_state": np.array([s.step, s.best_val, s.best_step, s.evals_since_best, s.bad_in_row],
-                                                dtype=np.float64),
+                          "run_state": s.saved(),
                           "settings": np.array(json.dumps(resumable(self.config)))}
         try:
             path = save_checkpoint(self.run_dir, s.step, self.model, self.params, self.dataset.tokenizer,
@@ -406,5 +425,4 @@ def restore_state(saved, layout: ParamLayout, config: OptimizerConfig, where: Pa
                         "resume with the optimizer the run was started with")
     optimizer.state[...] = moments
     optimizer.step = saved.optimizer_step
-    step, best_val, best_step, evals_since_best, bad_in_row = saved.run_state
-    return optimizer, RunState(int(step), float(best_val), int(best_step), int(evals_since_best), int(bad_in_row))
+    return optimizer, RunState.restored(saved.run_state)

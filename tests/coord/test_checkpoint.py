@@ -128,7 +128,7 @@ def test_cllm_eval_and_generate_read_a_trained_checkpoint(tmp_path):
     result = cllm("train", corpus, *TINY_MODEL, "--steps", "40", "--learning-rate", "3e-3", "--checkpoint-dir", run,
                   "--cache-dir", tmp_path / "cache")
     assert result.returncode == 0, result.stderr
-    evaluated = cllm("eval", run, corpus, "--cache-dir", tmp_path / "cache")
+    evaluated = cllm("eval", run, corpus, "--cache-dir", tmp_path / "cache", "--json")
     assert evaluated.returncode == 0, evaluated.stderr
     figures = json.loads(evaluated.stdout)
     assert figures["perplexity"] == pytest.approx(np.exp(figures["loss"]), rel=1e-3)

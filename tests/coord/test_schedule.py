@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from cllm.coord.training.schedule import Schedule, learning_rate
+from cllm.coord.training.schedule import Plateau, Schedule, learning_rate
 
 
 def test_constant_with_warmup():
@@ -47,3 +47,14 @@ def test_cyclical_is_a_triangle_between_floor_and_peak():
     got = [learning_rate(s, t) for t in range(1, 18)]
     expected = [0.2, 0.4, 0.6, 0.8, 1.0, 0.8, 0.6, 0.4, 0.2, 0.4, 0.6, 0.8, 1.0, 0.8, 0.6, 0.4, 0.2]
     assert got == pytest.approx(expected)
+
+
+def test_plateau_reduces_by_the_factor_after_patience_stalled_evaluations_down_to_the_floor():
+    s = Schedule("plateau", lr=0.1, warmup_steps=4, min_lr=0.02, factor=0.5, patience=2)
+    plateau = Plateau()
+    reduced = [plateau.observe(s, loss) for loss in (3.0, 2.9, 2.95, 2.9, 2.8, 2.85, 2.85, 2.9, 2.9, 2.7)]
+    # 2.95 and 2.9 do not beat 2.9: reduce; 2.8 is better; 2.85, 2.85: reduce; 2.9, 2.9: reduce; 2.7 is better
+    assert reduced == [False, False, False, True, False, False, True, False, True, False]
+    assert (plateau.reductions, plateau.best, plateau.stalled) == (3, 2.7, 0)
+    assert learning_rate(s, 2, 0) == pytest.approx(0.05)  # warm-up first
+    assert [learning_rate(s, 100, k) for k in range(4)] == pytest.approx([0.1, 0.05, 0.025, 0.02])  # floor 0.02

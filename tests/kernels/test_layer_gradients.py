@@ -107,14 +107,20 @@ def test_gelu_backward_matches_finite_differences(rng, name):
 def test_crossentropy_backward_matches_finite_differences(rng):
     N, V = 6, 9
     logits, targets = rng.normal(scale=3.0, size=(N, V)), rng.integers(0, V, size=N).astype(np.int32)
-    f = lambda: float(0.25 * crossentropy_forward(logits, targets))  # noqa: E731
+    f = lambda: float(0.25 * crossentropy_forward(logits, targets)[0])  # noqa: E731
     numeric = numerical_grad(f, logits)[1]
     expected_loss = -np.sum(np.log(np.exp(logits) / np.exp(logits).sum(1, keepdims=True))[np.arange(N), targets])
     grad = logits.copy()
     loss = crossentropy_forward_backward(grad, targets, 0.25)
     assert loss == pytest.approx(expected_loss, rel=1e-12)
-    assert crossentropy_forward(logits, targets) == pytest.approx(expected_loss, rel=1e-12)
+    assert crossentropy_forward(logits, targets)[0] == pytest.approx(expected_loss, rel=1e-12)
     assert_grad_close(grad.reshape(-1), numeric)
+
+
+def test_crossentropy_counts_the_rows_whose_target_is_the_likeliest():
+    logits = np.array([[0.1, 2.0, -1.0], [3.0, 0.0, 0.5], [1.0, 1.0, 0.0], [0.0, 0.2, 0.1]], dtype=np.float32)
+    _, hits = crossentropy_forward(logits, np.array([1, 2, 0, 0], dtype=np.int32))
+    assert hits == 2  # row 0 right, row 1 wrong, row 2 a tie counted right, row 3 wrong
 
 
 def test_crossentropy_is_finite_for_extreme_logits():
@@ -126,7 +132,7 @@ def test_crossentropy_is_finite_for_extreme_logits():
 
 def test_crossentropy_reports_a_non_finite_loss():
     logits = np.array([[np.nan, 0.0, 1.0]], dtype=np.float32)
-    assert not np.isfinite(crossentropy_forward(logits, np.array([2], dtype=np.int32)))
+    assert not np.isfinite(crossentropy_forward(logits, np.array([2], dtype=np.int32))[0])
 
 
 def test_fused_head_and_loss_over_several_chunks_equal_the_whole_formula(rng):
@@ -141,7 +147,9 @@ def test_fused_head_and_loss_over_several_chunks_equal_the_whole_formula(rng):
     dx, dhead = np.full((N, C), np.nan), np.full((V, C), np.nan)  # both overwritten
     loss = head_loss_backward(x, head, targets, 0.5, dx, dhead, chunk)
     assert loss == pytest.approx(-logp[np.arange(N), targets].sum(), rel=1e-12)
-    assert head_loss(x, head, targets, chunk) == pytest.approx(loss, rel=1e-12)
+    total, hits = head_loss(x, head, targets, chunk)
+    assert total == pytest.approx(loss, rel=1e-12)
+    assert hits == np.sum(logits[np.arange(N), targets] >= logits.max(1))  # the target is the likeliest
     np.testing.assert_allclose(dx, dlogits @ head, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(dhead, dlogits.T @ x, rtol=1e-10, atol=1e-12)
 

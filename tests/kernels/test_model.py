@@ -51,7 +51,7 @@ def test_whole_model_gradient_matches_finite_differences(cfg, drop):
     n = tokens.size
 
     def mean_loss():
-        return float(crossentropy_forward(forward(w, acts, tokens, drop), targets.reshape(-1))) / n
+        return float(crossentropy_forward(forward(w, acts, tokens, drop), targets.reshape(-1))[0]) / n
 
     total = forward_backward(w, layout.tensors(grad), acts, tokens, targets, 1.0 / n, drop)
     assert np.all(np.isfinite(grad)) and mean_loss() == pytest.approx(total / n, rel=1e-12)

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from cllm.coord.errors import UserError
-from cllm.coord.service.config import RUN_KEYS, TABLES, keys_of, load_config, merge_job, reload_changes
+from cllm.coord.service.config import (RUN_KEYS, TABLES, default_socket, keys_of, load_config, merge_job,
+                                       reload_changes)
 from cllm.coord.training.config import RunConfig, values_of
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "deploy" / "cllm.toml"
@@ -48,7 +49,7 @@ def test_defaults(tmp_path):
     assert c.source == tmp_path / "cllm.toml"
     assert c.run.data.path is None and c.run.data.tokenizer == "char" and c.run.data.include == ()
     assert c.service.state_dir == tmp_path / "cllm-state"
-    assert c.service.socket == tmp_path / "cllm-state" / "control.sock"
+    assert c.service.socket == Path("/run/cllm/control.sock")  # no runtime directory of the user's or systemd's
     assert c.run.data.cache_dir == tmp_path / "cllm-state" / "cache"
     assert dataclasses.asdict(c.run.model) == {"embed_dim": 128, "num_layers": 4, "num_heads": 4, "seq_len": 64,
                                                "init_from": None}
@@ -156,8 +157,14 @@ def test_state_and_runtime_directories_come_from_systemd(tmp_path):
     assert c.service.socket == Path("/run/cllm/control.sock")
     c = load_config(path, {"STATE_DIRECTORY": "/var/lib/cllm", "RUNTIME_DIRECTORY": "/run/cllm:/run/other"})
     assert c.service.socket == Path("/run/cllm/control.sock")
-    c = load_config(path, {"STATE_DIRECTORY": "/var/lib/cllm"})
-    assert c.service.socket == Path("/var/lib/cllm/control.sock")
+    c = load_config(path, {"STATE_DIRECTORY": "/var/lib/cllm", "INVOCATION_ID": "1f", "XDG_RUNTIME_DIR": "/run/user/7"})
+    assert c.service.socket == Path("/run/cllm/control.sock")  # the service's, though it has no RuntimeDirectory=
+
+
+def test_a_user_s_daemon_listens_in_the_user_s_runtime_directory(tmp_path):
+    c = load_config(write(tmp_path, ""), {"XDG_RUNTIME_DIR": "/run/user/1000"})
+    assert c.service.socket == Path("/run/user/1000/cllm/control.sock")
+    assert c.service.socket == default_socket({"XDG_RUNTIME_DIR": "/run/user/1000"})  # where `cllm ctl` looks
 
 
 def test_keys_given_win_over_systemd_directories(tmp_path):

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from importlib import metadata
 
 
 from cllm.coord.checkpoints.store import list_checkpoints
@@ -169,7 +170,7 @@ def test_submitted_jobs_survive_a_restart_and_sighup_reloads(tmp_path):
         daemon.wait_for_step(5)
         env = {**os.environ}
         out = subprocess.run([sys.executable, "-m", "cllm.coord", "ctl", "submit", str(job), "--socket",
-                              str(daemon.socket)], capture_output=True, text=True, env=env, timeout=60)
+                              str(daemon.socket), "--json"], capture_output=True, text=True, env=env, timeout=60)
         assert out.returncode == 0, out.stderr
         assert json.loads(out.stdout)["id"] == "job-1"
         refused = subprocess.run([sys.executable, "-m", "cllm.coord", "ctl", "submit", str(bad), "--socket",
@@ -212,13 +213,38 @@ def test_prometheus_metrics_follow_the_daemon(tmp_path):
         port = s.getsockname()[1]
     config = write_config(tmp_path, checkpoint_interval=5)
     config.write_text(config.read_text() + f"\n[metrics]\nenabled = true\nport = {port}\n")
+
+    def scrape() -> dict:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if not line.startswith("#")}
+
     daemon = Daemon(config)
     try:
         daemon.wait_for_step(20)
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        values = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
-                  if line.startswith("cllm_") and " " in line}
+        values = scrape()
         assert values["cllm_steps_total"] >= 20 and values["cllm_workers"] == 2
+        assert values["cllm_step"] >= 20 and values["cllm_epoch"] >= 0
         assert 0 <= values["cllm_checkpoint_age_seconds"] < 60
+        assert values[f'cllm_build_info{{python="{sys.version.split()[0]}",version="{metadata.version("cllm")}"}}'] == 1
+        assert values["process_resident_memory_bytes"] > 0 and values["process_cpu_seconds_total"] > 0
+        assert values['cllm_job_info{id="main"}'] == 1 and values["cllm_paused"] == 0
+        assert values['cllm_jobs{status="running"}'] == 1 and values['cllm_jobs{status="queued"}'] == 0
+        assert daemon.ctl("pause")["ok"]
+        deadline = time.monotonic() + 30
+        while scrape()["cllm_paused"] != 1:
+            assert time.monotonic() < deadline, "cllm_paused never became 1"
+            time.sleep(0.2)
+        assert daemon.ctl("resume")["ok"]
     finally:
         assert daemon.stop() == 0
+    again = Daemon(config)
+    try:
+        saved = again.wait_for(lambda e: e["event"] == "resumed")["step"]
+        assert saved >= 20 and again.wait_for(lambda e: e["event"] == "job_started")["step"] == saved
+        values = scrape()
+        assert values["cllm_step"] >= saved and values["cllm_steps_total"] <= values["cllm_step"] - saved + 1
+        again.wait_for_step(saved + 3)
+        assert scrape()["cllm_step"] >= saved + 3  # the run's step, not this process's count
+    finally:
+        assert again.stop() == 0

@@ -47,3 +47,29 @@ def test_a_taken_port_is_refused_in_one_line():
         busy.listen()
         with pytest.raises(UserError, match="is not free"):
             Metrics("127.0.0.1", busy.getsockname()[1]).start()
+
+
+def test_the_daemon_s_state_becomes_step_epoch_paused_job_and_queue_metrics():
+    from cllm.coord.build import python_version, version
+
+    port = free_port()
+    metrics = Metrics("127.0.0.1", port)
+    metrics.start()
+    try:
+        jobs = [{"id": "main", "status": "running"}, {"id": "job-1", "status": "queued"},
+                {"id": "job-2", "status": "queued"}]
+        metrics.follow({"state": "running", "job": "main", "step": 1200, "epoch": 3}, jobs)
+        got = scrape(port)
+        assert (got["cllm_step"], got["cllm_epoch"], got["cllm_paused"]) == (1200, 3, 0)
+        assert got['cllm_job_info{id="main"}'] == 1
+        assert got['cllm_jobs{status="queued"}'] == 2 and got['cllm_jobs{status="done"}'] == 0
+        assert got[f'cllm_build_info{{python="{python_version()}",version="{version()}"}}'] == 1
+        assert got["process_resident_memory_bytes"] > 0
+        jobs[0]["status"] = "paused"
+        metrics.follow({"state": "paused", "job": "main"}, jobs)  # a job paused by a full disk
+        got = scrape(port)
+        assert got["cllm_paused"] == 1 and got["cllm_step"] == 1200 and got['cllm_jobs{status="paused"}'] == 1
+        metrics.follow({"state": "idle", "job": None}, jobs)
+        assert not [name for name in scrape(port) if name.startswith("cllm_job_info")]
+    finally:
+        metrics.stop()

@@ -38,7 +38,7 @@ REQUIRED = {
     "PrivateDevices": "yes", "RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6",
     "SystemCallFilter": "@system-service", "SystemCallErrorNumber": "EPERM", "ProtectKernelTunables": "yes",
     "ProtectKernelModules": "yes", "ProtectControlGroups": "yes", "RestrictNamespaces": "yes",
-    "LockPersonality": "yes", "RestrictRealtime": "yes", "MemoryDenyWriteExecute": "no",
+    "LockPersonality": "yes", "RestrictRealtime": "yes", "MemoryDenyWriteExecute": "no", "SyslogIdentifier": "cllm",
 }
 
 
