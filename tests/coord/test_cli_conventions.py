@@ -140,16 +140,20 @@ def test_lines_to_the_journal_carry_their_syslog_priority(journal_run):
 
 def test_the_journal_prefix_only_where_journal_stream_matches(tmp_path, monkeypatch):
     journal, other = tmp_path / "journal", tmp_path / "other"
-    with open(journal, "w") as j, open(other, "w") as o:
-        info = os.fstat(j.fileno())
-        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
-        for stream in (j, o):
-            configure("json", "debug", stream=stream)
-            log = structlog.get_logger("test")
-            log.debug("d")
-            log.info("i")
-            log.warning("w", x=1)
-            log.error("e")
+    saved = structlog.get_config()
+    try:
+        with open(journal, "w") as j, open(other, "w") as o:
+            info = os.fstat(j.fileno())
+            monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+            for stream in (j, o):
+                configure("json", "debug", stream=stream)
+                log = structlog.get_logger("test")
+                log.debug("d")
+                log.info("i")
+                log.warning("w", x=1)
+                log.error("e")
+    finally:
+        structlog.configure(**saved)  # the files are closed: later tests must not log into them
     assert [line[:3] for line in journal.read_text().splitlines()] == ["<7>", "<6>", "<4>", "<3>"]
     assert [json.loads(line)["event"] for line in other.read_text().splitlines()] == ["d", "i", "w", "e"]
     assert json.loads(journal.read_text().splitlines()[2][3:])["x"] == 1

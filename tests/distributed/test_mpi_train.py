@@ -203,3 +203,17 @@ def test_requests_to_rank_0_and_a_stop_from_rank_1_take_effect_on_every_rank(cor
                                                                            "shutdown_requested", "train_finished")]
     assert events == [("paused", 7), ("resumed_training", 7), ("shutdown_requested", 10), ("train_finished", 10)]
     assert next(e for e in lines if e["event"] == "shutdown_requested")["reason"] == "another rank's request"
+
+
+def test_sigterm_to_mpiexec_stops_every_rank_at_one_boundary_with_a_checkpoint(corpus, tmp_path):
+    run = tmp_path / "run"
+    process = start_ranks(*train_args(corpus, run, tmp_path / "cache", 100_000, "--threads", "1",
+                                      "--checkpoint-interval", "20"))
+    rank_pids(process)
+    wait_for_checkpoint(process, run, 20)
+    process.send_signal(signal.SIGTERM)  # mpiexec passes it on to every rank
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 0, err
+    finished = next(e for e in json_lines(out) if e["event"] == "train_finished")
+    assert finished["stopped"] == "SIGTERM"
+    assert list_checkpoints(run)[-1].name == f"checkpoint-{finished['step']:08d}"
