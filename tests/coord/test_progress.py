@@ -108,7 +108,7 @@ def test_log_lines_print_above_the_bar_which_goes_on_sigint(tmp_path):
         [line for line in logged if not LOG_LINE.match(line)][:3]
     assert sample.startswith("Sample from it: cllm generate ") and plot.startswith("Plot its loss:  cllm plot ")
     evals = [line for line in logged if "] eval " in line]
-    assert len(evals) >= 2 and all(re.search(r"step=\d+ val_loss=[\d.]+ val_perplexity", e) for e in evals)
+    assert len(evals) >= 2 and all(re.search(r"step=\d+ (val_accuracy=[\d.]+ )?val_loss=[\d.]+ val_perplexity", e) for e in evals)
     assert any("stopped=SIGINT" in line for line in logged[-3:])
     # the bar went away: nothing of it is left on the screen
     assert not [line for line in terminal.lines() if "step/s" in line or "%|" in line]
