@@ -75,6 +75,11 @@ def gemm(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> Non
         else:
             np.matmul(a, b, out=out)
         return
+    call(fn, out, a, b, accumulate)
+
+
+def call(fn, out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
+    """out (+)= a @ b through the CBLAS-style row-major gemm ``fn`` (sgemm, or oneMKL's bf16 product)."""
     M, N = out.shape
     K = a.shape[1]
     if M == 0 or N == 0:

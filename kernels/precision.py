@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .blas import ROW_MAJOR, gemm, operand
+from .blas import call, gemm
 from .jit import kernel
 
 PRECISIONS = ("fp32", "bf16")
@@ -95,14 +95,7 @@ def unavailable(cpuinfo: str | None = None) -> str | None:
 
 def gemm16(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
     """out (M,N) float32 (+)= a (M,K) @ b (K,N), both bfloat16; transposed views allowed."""
-    M, N = out.shape
-    K = a.shape[1]
-    if M == 0 or N == 0:
-        return
-    ta, lda, a = operand(a)
-    tb, ldb, b = operand(b)
-    mkl_gemm()(ROW_MAJOR, ta, tb, M, N, K, 1.0, a.ctypes.data, lda, b.ctypes.data, ldb, 1.0 if accumulate else 0.0,
-           out.ctypes.data, out.strides[0] // out.itemsize)
+    call(mkl_gemm(), out, a, b, accumulate)
 
 
 class Products32:
