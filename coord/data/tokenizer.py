@@ -71,7 +71,7 @@ class CharTokenizer:
         return tokenizer
 
     def save(self, directory: Path) -> None:
-        self.library_tokenizer().save(str(Path(directory) / TOKENIZER_FILE))
+        write_tokenizer(self.library_tokenizer(), directory)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.chars, ensure_ascii=False).encode()).hexdigest()[:16]
@@ -117,7 +117,7 @@ class BpeTokenizer:
         return self.tokenizer
 
     def save(self, directory: Path) -> None:
-        self.tokenizer.save(str(Path(directory) / TOKENIZER_FILE))
+        write_tokenizer(self.tokenizer, directory)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.tokenizer.to_str().encode()).hexdigest()[:16]
@@ -180,3 +180,9 @@ def load_tokenizer(directory: Path):
     if tokenizer.eos_id is None:
         raise UserError(f"{file} has no {EOS} token; CLLM needs it to separate documents and end generation")
     return tokenizer
+
+
+def write_tokenizer(tokenizer, directory: Path) -> None:
+    """Write a `tokenizers` tokenizer as tokenizer.json through Python's own file calls: the library's
+    ``save`` reports a full disk as a bare Exception, which no caller can tell from a bug; this raises OSError."""
+    (Path(directory) / TOKENIZER_FILE).write_text(tokenizer.to_str(pretty=True), encoding="utf-8")
