@@ -11,24 +11,23 @@ import numpy as np
 
 from .jit import kernel
 from .precision import FIRST, FLOAT32, SECOND
-from .vecmath import exp
+from .vecmath import exp2, maxnum
+
+LOG2E = 1.4426950408889634
+# exp(x - mx) = 2**(x * log2e + shift), shift = -mx * log2e: one fused multiply-add per entry.
+# The rounding of shift scales every entry of the row alike, so it cancels in the softmax; the
+# loss takes back the shift actually used, in float64: log(total) - shift / log2e.
 
 CHUNK_ROWS = 256
 
 
 @kernel
 def row_max(row):
-    # the largest entry of row (V,), for a numerically safe softmax. Eight running maxima in
-    # registers, independent chains the CPU overlaps (one running max is a chain of dependent
-    # compares LLVM will not reorder; maxima kept in an array go through memory each time)
-    V = row.shape[0]
-    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
-    for j in range(0, V - V % 8, 8):
-        m0, m1, m2, m3 = max(m0, row[j]), max(m1, row[j + 1]), max(m2, row[j + 2]), max(m3, row[j + 3])
-        m4, m5, m6, m7 = max(m4, row[j + 4]), max(m5, row[j + 5]), max(m6, row[j + 6]), max(m7, row[j + 7])
-    mx = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
-    for j in range(V - V % 8, V):
-        mx = max(mx, row[j])
+    # the largest entry of row (V,), for a numerically safe softmax. A NaN is passed over here
+    # (maxnum, which vectorises); it still makes the row's loss NaN through its exponential
+    mx = row[0]
+    for j in range(1, row.shape[0]):
+        mx = maxnum(mx, row[j])
     return mx
 
 
@@ -38,15 +37,17 @@ def crossentropy_forward(logits, targets):
     # target has the largest logit: the predictions a greedy choice gets right, ties counted right)
     N, V = logits.shape
     t = logits.dtype.type
+    log2e = t(LOG2E)
     loss = 0.0
     hits = 0
     for i in range(N):
         row = logits[i]
         mx = row_max(row)
+        shift = -mx * log2e
         total = t(0.0)
         for j in range(V):
-            total += exp(row[j] - mx)
-        loss += np.log(total) + mx - row[targets[i]]
+            total += exp2(row[j] * log2e + shift)
+        loss += np.log(total) - np.float64(shift) / np.float64(log2e) - row[targets[i]]
         if row[targets[i]] >= mx:
             hits += 1
     return loss, hits
@@ -58,19 +59,20 @@ def crossentropy_forward_backward(logits, targets, dloss):
     # Returns the sum of row losses.
     N, V = logits.shape
     t = logits.dtype.type
-    d = t(dloss)
+    d, log2e = t(dloss), t(LOG2E)
     loss = 0.0
     for i in range(N):
         row = logits[i]
         mx = row_max(row)
         tgt = targets[i]
         target_logit = row[tgt]
+        shift = -mx * log2e
         total = t(0.0)
         for j in range(V):
-            e = exp(row[j] - mx)
+            e = exp2(row[j] * log2e + shift)
             row[j] = e
             total += e
-        loss += np.log(total) + mx - target_logit
+        loss += np.log(total) - np.float64(shift) / np.float64(log2e) - target_logit
         scale = d / total
         for j in range(V):
             row[j] *= scale

@@ -1,0 +1,73 @@
+"""The float32 fast paths (polynomial exponentials, the rational GELU, the vectorised row max)
+against the float64 formulas they stand for, at the edges as well as inside."""
+
+import math
+
+import numba
+import numpy as np
+import pytest
+
+from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward, row_max
+from cllm.kernels.gelu import gelu_forward
+from cllm.kernels.vecmath import exp2
+
+
+@numba.njit
+def exp2_all(out, t):
+    for i in range(t.shape[0]):
+        out[i] = exp2(t[i])
+
+
+def test_exp2_is_within_3e_7_relative_and_keeps_nan_and_the_infinities():
+    t = np.linspace(-126.0, 127.0, 1_000_001).astype(np.float32)
+    out = np.empty_like(t)
+    exp2_all(out, t)
+    exact = np.exp2(t.astype(np.float64))
+    assert np.max(np.abs(out / exact - 1)) < 3e-7
+    edges = np.array([np.nan, -np.inf, np.inf, -200.0, 200.0, 128.0, 0.0], np.float32)
+    out = np.empty_like(edges)
+    exp2_all(out, edges)
+    assert np.isnan(out[0])
+    assert list(out[1:]) == [0.0, np.inf, 0.0, np.inf, np.inf, 1.0]
+
+
+def test_float32_gelu_new_is_within_float32_rounding_of_the_float64_formula():
+    x = np.linspace(-12.0, 12.0, 2_000_001).astype(np.float32)
+    out = np.empty_like(x)
+    gelu_forward(out, x)
+    xd = x.astype(np.float64)
+    exact = 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))
+    assert np.max(np.abs(out - exact) / (1 + np.abs(xd))) < 5e-7
+    positive = xd > 1e-3
+    assert np.max(np.abs(out - exact)[positive] / exact[positive]) < 5e-7
+    special = np.array([np.nan, np.inf, 0.0], np.float32)
+    out = np.empty_like(special)
+    gelu_forward(out, special)
+    assert np.isnan(out[0]) and out[1] == np.inf and out[2] == 0.0
+
+
+def test_row_max_passes_over_nan_but_the_loss_is_nan():
+    row = np.array([0.5, np.nan, 3.0, -1.0] * 9, np.float32)
+    assert row_max(row) == 3.0
+    logits = np.stack([np.arange(36, dtype=np.float32), row])
+    targets = np.array([2, 0], np.int32)
+    assert not np.isfinite(crossentropy_forward(logits, targets)[0])
+    assert not np.isfinite(crossentropy_forward_backward(logits.copy(), targets, 1.0))
+
+
+@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (5.0, 30.0), (20.0, -100.0)])
+def test_float32_cross_entropy_matches_the_float64_softmax(scale, offset):
+    rng = np.random.default_rng(5)
+    N, V = 16, 1000
+    logits = (rng.normal(size=(N, V)) * scale + offset).astype(np.float32)
+    targets = rng.integers(0, V, N).astype(np.int32)
+    x = logits.astype(np.float64)
+    shifted = x - x.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    loss = -log_probs[np.arange(N), targets].sum()
+    grad = np.exp(log_probs)
+    grad[np.arange(N), targets] -= 1
+    got = logits.copy()
+    assert crossentropy_forward_backward(got, targets, 0.5) == pytest.approx(loss, rel=1e-7)
+    assert crossentropy_forward(logits, targets)[0] == pytest.approx(loss, rel=1e-7)
+    np.testing.assert_allclose(got, 0.5 * grad, rtol=1e-5, atol=1e-8)
