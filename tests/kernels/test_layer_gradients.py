@@ -166,3 +166,20 @@ def test_gemm_takes_transposed_and_strided_operands_and_adds(rng, dtype):
     gemm(view, a[2:9, :4].T, b, False)  # a transposed view
     np.testing.assert_allclose(view, a[2:9, :4].T @ b, rtol=1e-5)
     np.testing.assert_array_equal(out[:, :2], before[:, :2])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_one_row_gemm_takes_every_operand_layout_and_adds(rng, dtype):
+    # one row goes through gemv: b row-major, b a transposed view (the tied head), a strided row
+    a = rng.normal(size=(3, 16)).astype(dtype)
+    b = rng.normal(size=(8, 6)).astype(dtype)
+    head = rng.normal(size=(6, 8)).astype(dtype)
+    out = rng.normal(size=(2, 6)).astype(dtype)
+    before = out.copy()
+    gemm(out[1:], a[1:2, ::2], b, False)
+    np.testing.assert_allclose(out[1:], a[1:2, ::2] @ b, rtol=1e-5)
+    gemm(out[:1], a[:1, :8], head.T, True)
+    np.testing.assert_allclose(out[:1], before[:1] + a[:1, :8] @ head.T, rtol=1e-5)
+    column = a[:, :1]  # a (1,3) row that is a column's transpose
+    gemm(out[:1, :4], column.T, b[:3, :4], False)
+    np.testing.assert_allclose(out[:1, :4], column.T @ b[:3, :4], rtol=1e-5)
