@@ -1,4 +1,4 @@
-"""The float32 fast paths (polynomial exponentials, the rational GELU, the vectorised row max)
+"""The float32 fast paths (the polynomial 2**x, GELU through it, the vectorised row max)
 against the float64 formulas they stand for, at the edges as well as inside."""
 
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward, row_max
-from cllm.kernels.gelu import gelu_forward
+from cllm.kernels.gelu import gelu_backward, gelu_forward
 from cllm.kernels.vecmath import exp2
 
 
@@ -31,19 +31,25 @@ def test_exp2_is_within_3e_7_relative_and_keeps_nan_and_the_infinities():
     assert list(out[1:]) == [0.0, np.inf, 0.0, np.inf, np.inf, 1.0]
 
 
-def test_float32_gelu_new_is_within_float32_rounding_of_the_float64_formula():
+def test_float32_gelu_new_is_within_float32_rounding_of_the_float64_formula_forward_and_backward():
     x = np.linspace(-12.0, 12.0, 2_000_001).astype(np.float32)
-    out = np.empty_like(x)
+    out, local = np.empty_like(x), np.ones_like(x)
     gelu_forward(out, x)
+    gelu_backward(local, x)
     xd = x.astype(np.float64)
-    exact = 0.5 * xd * (1 + np.tanh(math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))
-    assert np.max(np.abs(out - exact) / (1 + np.abs(xd))) < 5e-7
-    positive = xd > 1e-3
-    assert np.max(np.abs(out - exact)[positive] / exact[positive]) < 5e-7
-    special = np.array([np.nan, np.inf, 0.0], np.float32)
-    out = np.empty_like(special)
+    s = 1 / (1 + np.exp(-2 * math.sqrt(2 / math.pi) * (xd + 0.044715 * xd ** 3)))  # 0.5 * (1 + tanh(u))
+    exact = xd * s
+    assert np.max(np.abs(out - exact) / (1 + np.abs(xd))) < 2e-7
+    tail = np.abs(exact) > 1e-30  # relative precision holds far into the negative tail
+    assert np.max(np.abs(out - exact)[tail] / np.abs(exact[tail])) < 1e-5
+    derivative = s + xd * s * (1 - s) * 2 * math.sqrt(2 / math.pi) * (1 + 3 * 0.044715 * xd ** 2)
+    assert np.max(np.abs(local - derivative)) < 5e-7
+    special = np.array([np.nan, np.inf, 0.0, -200.0], np.float32)
+    out, local = np.empty_like(special), np.ones_like(special)
     gelu_forward(out, special)
-    assert np.isnan(out[0]) and out[1] == np.inf and out[2] == 0.0
+    gelu_backward(local, special)
+    assert np.isnan(out[0]) and out[1] == np.inf and out[2] == 0.0 and out[3] == 0.0
+    assert np.isnan(local[0]) and local[2] == 0.5 and abs(local[3]) < 1e-13
 
 
 def test_row_max_passes_over_nan_but_the_loss_is_nan():
