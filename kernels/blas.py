@@ -12,9 +12,10 @@ sgemm, 0.13 ms through sgemv, one thread, the matrix in cache).
 """
 
 import ctypes
+import functools
 
 import numpy as np
-from threadpoolctl import threadpool_info
+from threadpoolctl import ThreadpoolController, threadpool_info
 
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 # (prefix, suffix, integer type) of the CBLAS names in the builds numpy ships with
@@ -46,6 +47,16 @@ def find_cblas() -> tuple:
 
 
 CBLAS, CBLAS_GEMV = find_cblas()
+
+
+@functools.cache
+def controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on one thread (about 25 us to enter and leave)."""
+    return controller().limit(limits=1, user_api="blas")
 
 
 def operand(x: np.ndarray) -> tuple:

@@ -6,8 +6,8 @@ per-token layers; only attention against the cache is its own kernel.
 
 A step of one token is a chain of matrix-vector products (``blas.gemm`` sends a one-row
 product to gemv), which read every weight once: GPT-2 124M's 500 MB a token, so the step is
-bound by memory bandwidth, and it runs on as many BLAS threads as it is given (two cores
-read faster than one).
+bound by memory bandwidth. It runs on the BLAS threads its caller allows; generation
+(``coord.inference.sampling``) measures whether one or all of them is faster at the time.
 """
 
 import numpy as np

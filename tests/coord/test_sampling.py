@@ -4,7 +4,7 @@ at the end-of-text token or a stop string."""
 import numpy as np
 
 from cllm.coord.data.tokenizer import BpeTokenizer, CharTokenizer
-from cllm.coord.inference.sampling import SamplingConfig, choose, generate_ids, stream_text
+from cllm.coord.inference.sampling import BlasThreads, SamplingConfig, choose, generate_ids, stream_text
 from cllm.kernels.inference import KVCache
 from cllm.kernels.model import GPTConfig, ParamLayout, init_params
 
@@ -79,3 +79,18 @@ def test_bpe_text_waits_for_whole_characters():
     ids = tokenizer.encode("é🚀 ok")
     pieces = streamed(ids, tokenizer, stop=("k",))
     assert "".join(pieces) == "é🚀 o" and not any("\ufffd" in p for p in pieces)
+
+
+def test_blas_threads_probe_both_choices_then_keep_the_faster_until_the_next_window():
+    threads, window, probes = BlasThreads(), BlasThreads.WINDOW, BlasThreads.PROBES
+
+    def run(first, seconds):
+        for i in range(first, first + window):
+            one = threads.one_thread(i)
+            threads.record(i, one, seconds[one])
+            yield one
+
+    choices = list(run(0, {True: 2e-3, False: 1e-3}))  # all threads faster: the other core is free
+    assert set(choices[:probes]) == {True, False} and not any(choices[probes:])
+    choices = list(run(window, {True: 1e-3, False: 3e-3}))  # the other core became busy
+    assert set(choices[:probes]) == {True, False} and all(choices[probes:])
