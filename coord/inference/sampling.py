@@ -44,31 +44,26 @@ def choose(logits: np.ndarray, config: SamplingConfig, rng: np.random.Generator)
 
 class BlasThreads:
     """Whether a token's step runs on one BLAS thread or on all the process may use, measured as
-    generation goes: the first PROBES tokens of every WINDOW alternate the two, the rest take the
-    faster. A second thread pays when its core is free (a token of GPT-2 124M reads 500 MB of
-    weights, which two cores read faster: 40 against 32 tokens/s here), and costs when that core is
-    busy, as the step then waits for it (20 against 30 tokens/s)."""
+    generation goes: each step takes the choice whose recent steps were faster, and every PROBE-th
+    step tries the other. A second thread pays when its core is free (a token of GPT-2 124M reads
+    500 MB of weights, which two cores read faster: 40 against 32 tokens/s here), and costs when
+    that core is busy, as the step then waits for it (20 against 30 tokens/s)."""
 
-    WINDOW, PROBES = 64, 4
+    PROBE = 8
 
     def __init__(self):
-        self.fastest = {True: float("inf"), False: float("inf")}
-        self.one = True
+        self.seconds = {True: None, False: None}  # a running mean of each choice's step, None until tried
 
     def one_thread(self, i: int) -> bool:
         """Whether the i-th token's step runs on one BLAS thread."""
-        k = i % self.WINDOW
-        return k % 2 == 0 if k < self.PROBES else self.one
+        if self.seconds[True] is None or self.seconds[False] is None:
+            return self.seconds[True] is None
+        faster = self.seconds[True] <= self.seconds[False]
+        return not faster if i % self.PROBE == self.PROBE - 1 else faster
 
-    def record(self, i: int, one: bool, seconds: float) -> None:
-        k = i % self.WINDOW
-        if k >= self.PROBES:
-            return
-        if k == 0:
-            self.fastest = {True: float("inf"), False: float("inf")}
-        self.fastest[one] = min(self.fastest[one], seconds)
-        if k == self.PROBES - 1:
-            self.one = self.fastest[True] <= self.fastest[False]
+    def record(self, one: bool, seconds: float) -> None:
+        before = self.seconds[one]
+        self.seconds[one] = seconds if before is None else 0.5 * (before + seconds)
 
 
 def generate_ids(w: Tensors, cache: KVCache, prompt: np.ndarray, config: SamplingConfig) -> Iterator[int]:
@@ -92,7 +87,7 @@ def generate_ids(w: Tensors, cache: KVCache, prompt: np.ndarray, config: Samplin
             start = time.perf_counter()
             with one_blas_thread() if one else nullcontext():
                 logits = step(w, cache, np.asarray([token], dtype=np.int32))[-1]
-            threads.record(i, one, time.perf_counter() - start)
+            threads.record(one, time.perf_counter() - start)
 
 
 def held_back(text: str, stop: tuple) -> int:

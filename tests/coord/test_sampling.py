@@ -81,16 +81,17 @@ def test_bpe_text_waits_for_whole_characters():
     assert "".join(pieces) == "é🚀 o" and not any("\ufffd" in p for p in pieces)
 
 
-def test_blas_threads_probe_both_choices_then_keep_the_faster_until_the_next_window():
-    threads, window, probes = BlasThreads(), BlasThreads.WINDOW, BlasThreads.PROBES
+def test_blas_threads_take_the_faster_choice_and_follow_a_change():
+    threads, probe = BlasThreads(), BlasThreads.PROBE
 
-    def run(first, seconds):
-        for i in range(first, first + window):
+    def run(first, n, seconds):
+        for i in range(first, first + n):
             one = threads.one_thread(i)
-            threads.record(i, one, seconds[one])
+            threads.record(one, seconds[one])
             yield one
 
-    choices = list(run(0, {True: 2e-3, False: 1e-3}))  # all threads faster: the other core is free
-    assert set(choices[:probes]) == {True, False} and not any(choices[probes:])
-    choices = list(run(window, {True: 1e-3, False: 3e-3}))  # the other core became busy
-    assert set(choices[:probes]) == {True, False} and all(choices[probes:])
+    choices = list(run(0, 4 * probe, {True: 2e-3, False: 1e-3}))  # all threads faster: the other core is free
+    assert choices[:2] == [True, False]  # each tried once
+    assert choices[2:] == [i % probe == probe - 1 for i in range(2, 4 * probe)]  # one thread on every PROBE-th
+    choices = list(run(4 * probe, 4 * probe, {True: 1e-3, False: 3e-3}))  # the other core became busy
+    assert choices[probe:] == [i % probe != probe - 1 for i in range(5 * probe, 8 * probe)]  # switched over
