@@ -5,8 +5,8 @@ issues them, which is the same on every rank; the loop awaits it under the step 
 never blocks. A collective that does not complete in time, or that MPI reports failed, ends
 the run on this rank with one log line naming the rank at fault (see ``watch``), then
 MPI_Abort, which makes the launcher end every other rank too. A rank that dies outright is
-usually ended sooner by the launcher itself: MPICH's mpiexec kills the whole job when one
-process exits badly.
+ended sooner by the launcher itself: MPICH's mpiexec kills the whole job when one process
+exits badly, and the dead rank's supervisor names it (see ``supervise``).
 """
 
 import asyncio

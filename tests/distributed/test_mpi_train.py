@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -151,7 +152,10 @@ def test_a_rank_killed_or_frozen_mid_run_ends_the_other_within_the_timeout(corpu
         lost = [e for e in json_lines(out) if e["event"] == "rank_lost"]
         assert len(lost) == 1 and lost[0]["failed"] == [1], f"status {process.returncode}\n{out}\n{err}"
         assert "rank 1 has not been heard from" in lost[0]["reason"]
-    else:  # the launcher sees the rank die and ends the job
+    else:  # rank 1's supervisor names it, then the launcher ends the job
+        line = (f"cllm: error: rank 1 of 2 (pid {pids[1]} on {socket.gethostname()}) was killed by SIGKILL; the "
+                "launcher ends the other ranks, and --resume continues from the last checkpoint")
+        assert err.count(line) == 1, f"status {process.returncode}\n{out}\n{err}"
         assert "BAD TERMINATION" in out + err
     assert load_checkpoint(run).params.size > 0  # the latest checkpoint loads
 
