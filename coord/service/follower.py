@@ -30,19 +30,17 @@ def job_offer(run, resumed, saved) -> dict:
 
 
 def open_on_every_rank(ranks, offered: dict):
-    """``open_run`` of an offered job on every rank; an error on any rank is raised on every rank, so that
-    the ranks refuse (or pause) a job together."""
-    trainer = error = None
+    """``open_run`` of an offered job on every rank; an error on any rank, at any point of the start, is
+    raised on every rank (naming the rank), so that the ranks refuse (or pause) a job together and every
+    daemon goes on serving."""
+    trainer = None
     try:
-        trainer = open_run(offered["run"], offered["resumed"], offered["saved"], ranks=ranks)
-    except (UserError, OperationalError) as raised:
-        error = raised
-    errors = ranks.run_sync("the ranks' start of a job", ranks.comm.allgather, error)
-    first = next((e for e in errors if e is not None), None)
-    if first is not None:
+        with ranks.together("the ranks' start of a job"):
+            trainer = open_run(offered["run"], offered["resumed"], offered["saved"], ranks=ranks)
+    except (UserError, OperationalError):
         if trainer is not None and trainer.run_directory is not None:
             trainer.run_directory.release()
-        raise first
+        raise
     return trainer
 
 
