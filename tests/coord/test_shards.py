@@ -150,7 +150,8 @@ def test_the_cursor_marks_every_file_boundary_inside_a_step_s_rows_at_its_positi
 
 
 def shard_events(stdout: str) -> list:
-    return [(e["step"], e["positions"], e["shards"], e["names"]) for e in events(stdout) if e["event"] == "shard_crossed"]
+    return [(e["step"], e["positions"], e["shards"], e["names"])
+            for e in events(stdout) if e["event"] == "shard_crossed"]
 
 
 def test_a_resumed_run_crosses_the_same_files_at_the_same_steps_as_an_uninterrupted_one(tmp_path):
