@@ -49,11 +49,14 @@ def name_of(node: dict, top: bool) -> str:
         return f"rank {node['rank']}"
     if top:
         return "node zero"
-    return f"{'group' if node.get('children') else 'worker'} {node['sphere']}"
+    if node.get("children"):  # a group by its symmetry group number (0-11 within its parent), then its sphere id
+        return f"group {node['group']} (sphere {node['sphere']})"
+    return f"worker {node['sphere']} (group {node['group']})"
 
 
 def show_stats(stats: dict) -> str:
-    """The statistics tree, one line per node: its name, batches, tokens, busy and waiting shares."""
+    """The statistics tree, one line per node: its name (a sphere's id and symmetry group), batches, tokens,
+    busy and waiting shares."""
     rows = []
 
     def walk(node: dict, prefix: str, branch: str, top: bool):

@@ -165,6 +165,10 @@ class Service:
             monitor.cancel()
             self.trainer, self.job = None, None
             self.follow_metrics()
+            try:
+                await monitor  # done before the job is: a monitor that failed raises here instead of being lost
+            except asyncio.CancelledError:
+                pass
 
     async def open_job(self, run, resumed, saved):
         """The job's Trainer; under mpiexec, offered to the other ranks and opened on every rank."""

@@ -1,8 +1,9 @@
 """The training loop: batch, boundary, step, record, boundary.
 
 The cursor gives each step's rows and the notices of the stream's boundaries; Node Zero runs
-the step; at each boundary the loop acts on the notices (``handle``: epochs, documents,
-evaluation and checkpoint intervals) and on control requests (stop, stats, workers, pause).
+the step; at each boundary the loop acts on the notices (``handle``: epochs, documents and
+source files crossed, evaluation and checkpoint intervals) and on control requests (stop,
+stats, workers, pause).
 
 Everything a run depends on is a function of the step or lives in the checkpoint (weights,
 optimizer moments, best-so-far and patience counters), and batches are a pure function of
@@ -123,6 +124,7 @@ class Trainer:
                              precision=config.precision)
         self.cursor = Cursor(dataset, config.batch_size * config.grad_accum, self.seq_len, config.seed)
         self.documents = 0  # documents begun in the rows trained on (end-of-text separators crossed)
+        self.shards = 0  # of them, the ones that begin another source file of the corpus
         self.checkpointed = None  # the step of the last checkpoint written
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
@@ -211,7 +213,7 @@ class Trainer:
         log.info("train_finished", step=s.step, loss=round(summary["loss"], 6), val_loss=round(val_loss, 6),
                  val_perplexity=round(summary["val_perplexity"], 4), best_val_loss=round(s.best_val, 6),
                  seconds=round(elapsed, 2), tokens_per_s=round(summary["tokens_per_s"], 1), stopped=self.stop_reason,
-                 documents=self.documents)
+                 documents=self.documents, shards=self.shards)
         return summary
 
     def intervals(self, step: int) -> list:
@@ -234,8 +236,11 @@ class Trainer:
             self.cursor.prepare(self.cursor.batch_epoch(p.step) + 1)
         elif message.type is M.BOUNDARY_REGION_EXIT:
             self.cursor.forget(self.cursor.batch_epoch(p.step))
-        elif message.type is M.BOUNDARY_CROSSING:
+        elif message.type is M.BOUNDARY_CROSSING and p.kind == "document":
             self.documents += len(p.positions)
+        elif message.type is M.BOUNDARY_CROSSING:  # "shard"; debug, as a tree of many files crosses most steps
+            self.shards += len(p.positions)
+            log.debug("shard_crossed", step=p.step, positions=p.positions, shards=p.shards, names=p.names)
         elif message.type is M.TWIN_PRIME_HIT and p.kind == "eval":
             await self.evaluate_and_track()
             if self.state.best_step == self.state.step:
@@ -285,7 +290,8 @@ class Trainer:
             ranks = {} if self.ranks is None else {"communication_s": round(self.communication_s, 4)}
             log.info("step", step=result.step, loss=round(result.loss, 6), lr=lr, grad_norm=round(result.grad_norm, 6),
                      tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4),
-                     micro_batches=sum(result.taken.values()), documents=self.documents, **ranks)
+                     micro_batches=sum(result.taken.values()), documents=self.documents, shards=self.shards,
+                     **ranks)
 
     async def evaluate_and_track(self) -> float:
         """Validation loss (and token accuracy) on the fixed batches; updates best-so-far and the patience
