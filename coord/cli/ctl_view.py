@@ -88,8 +88,18 @@ def show_jobs(jobs: list) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 
 
+def show_reload(result: dict) -> str:
+    changed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in result["changed"].items())
+    pairs = [("changed", changed or "nothing"), ("needs restart", ", ".join(result["needs_restart"]) or "-")]
+    if result["step"] is not None:
+        pairs.append(("in force from step", f"{result['step']:,}"))
+    return aligned(pairs)
+
+
 def show(command: str, result) -> str:
     """The reply to ``command`` as a person reads it."""
+    if command == "reload":
+        return show_reload(result)
     if command == "status":
         return show_status(result)
     if command == "stats":

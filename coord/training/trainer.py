@@ -34,13 +34,14 @@ from ..errors import OperationalError, RunFailed, UserError
 from .hooks import Hook, Hooks
 from ..nodezero.node_zero import NodeZero, StepFailed
 from ..nodezero.states import ControlState
-from .config import RunConfig, resumable
+from .config import RunConfig, resumable, with_values
 from .cursor import Batch, Cursor, notice
 from .optimizer import Optimizer, OptimizerConfig
 from .schedule import Plateau, learning_rate
 
 log = structlog.get_logger("cllm.train")
 
+RELOADED = ("eval_interval", "checkpoint_interval")  # the run's settings a reload changes at a step boundary
 RESIZE = "resize"  # CHILD_SPAWN and CHILD_TERMINATE, taken together at a boundary: the last count asked wins
 
 
@@ -133,6 +134,8 @@ class Trainer:
         self.pause_wanted = None  # a future answered once the run has paused
         self.resumed = asyncio.Event()
         self.on_idle = None  # called about once a second while paused (the daemon's watchdog)
+        self.reload_wanted = None  # (settings, future): reloaded settings, applied at the next step boundary
+        self.on_reload = None  # called with the settings where they apply (a follower's log level)
         self.run_directory = None  # the claimed run directory, released when the run ends
         self.history = None  # metrics.jsonl's writer (coord/training/history.py), closed when the run ends
 
@@ -153,7 +156,8 @@ class Trainer:
                     self.history.close()
                 if self.run_directory is not None:
                     self.run_directory.release()
-                for future in list(self.waiting.values()) + [self.pause_wanted]:
+                reloading = self.reload_wanted[1] if self.reload_wanted else None
+                for future in list(self.waiting.values()) + [self.pause_wanted, reloading]:
                     if future is not None and not future.done():
                         future.set_exception(RuntimeError("the run ended before the request was handled"))
         return summary
@@ -184,6 +188,14 @@ class Trainer:
 
     def resume(self) -> None:
         self.resumed.set()
+
+    def reload(self, settings: dict) -> asyncio.Future:
+        """Apply reloaded ``settings`` (``RELOADED`` intervals, and what ``on_reload`` takes) at the next step
+        boundary, on every rank; the future is answered with that step. A later reload before the boundary
+        replaces the settings and shares the future."""
+        future = self.reload_wanted[1] if self.reload_wanted else asyncio.get_running_loop().create_future()
+        self.reload_wanted = (settings, future)
+        return future
 
     async def loop(self) -> dict:
         c, s = self.config, self.state
@@ -366,7 +378,7 @@ class Trainer:
         decision = Decision(stop=bool(asked[M.SHUTDOWN_REQUEST]),
                             pause=not paused and self.pause_wanted is not None and not self.pause_wanted.done(),
                             resume=paused and self.resumed.is_set(), checkpoint=bool(asked[M.TWIN_PRIME_HIT]),
-                            stats=bool(asked[M.STATS_REQUEST]),
+                            stats=bool(asked[M.STATS_REQUEST]), reload=self.reload_wanted is not None,
                             workers=max(asked[RESIZE], key=lambda m: m.id).payload.count if asked[RESIZE] else 0)
         if self.ranks is not None:
             decision = await self.ranks.agree(decision)
@@ -380,6 +392,8 @@ class Trainer:
             await self.answer(asked[RESIZE], self.resize, decision.workers)
         if decision.checkpoint:
             await self.answer(asked[M.TWIN_PRIME_HIT], self.checkpoint_asked)
+        if decision.reload:
+            await self.reloading()
         if not decision.stop:
             return False
         reasons = [m.payload.reason for m in asked[M.SHUTDOWN_REQUEST]] or ["another rank's request"]
@@ -411,6 +425,18 @@ class Trainer:
         """The run's statistics tree: Node Zero's spheres, under the ranks of a run over MPI (on rank 0)."""
         tree = await self.node.stats()
         return tree if self.ranks is None else await self.ranks.gather_stats(tree)
+
+    async def reloading(self) -> None:
+        """Rank 0's reloaded settings, in force on every rank from this boundary on."""
+        settings, future = self.reload_wanted or (None, None)
+        self.reload_wanted = None
+        if self.ranks is not None:
+            settings = await self.ranks.run("rank 0's reloaded settings", self.ranks.comm.bcast, settings, 0)
+        self.config = with_values(self.config, {key: settings[key] for key in RELOADED})
+        if self.on_reload is not None:
+            self.on_reload(settings)
+        if future is not None and not future.done():
+            future.set_result({"step": self.state.step})
 
     async def checkpoint_asked(self) -> dict:
         return {"checkpoint": str(self.checkpoint(best=False, required=True)), "step": self.state.step}

@@ -1,6 +1,8 @@
 """`cllm serve` under `mpiexec -n 2`: rank 0 is the daemon, the operator's requests take effect on both ranks."""
 
+import json
 import os
+import signal
 import socket
 import sys
 import tempfile
@@ -58,6 +60,7 @@ def test_the_daemon_on_two_ranks_is_steered_through_rank_0(tmp_path):
         saved = daemon.ctl("checkpoint")["result"]
         path = tmp_path / "state" / "jobs" / "main" / f"checkpoint-{saved['step']:08d}"
         assert path.is_dir() and np.isfinite(load_checkpoint(path).params).all()
+        reload_on_every_rank(daemon, config)
         assert daemon.ctl("stop")["result"] == {"stopping": True}
         assert daemon.stop() == 0
     finally:
@@ -78,6 +81,35 @@ def hidden_from_rank_1(directory: Path) -> tuple:
     cllm = [sys.executable, "-m", "cllm.coord", "serve"]
     rank_1 = [*unshare, "sh", "-c", 'mount -t tmpfs hidden "$0" && exec "$@"', str(directory)]
     return (mpiexec_path(), "-n", "1", *cllm, "--config", "CONFIG", ":", "-n", "1", *rank_1)
+
+
+def rank_1_lines(daemon) -> list:
+    with daemon.lock:
+        return [json.loads(line) for line in daemon.errors if line.startswith('{"') and '"rank": 1' in line]
+
+
+def reload_on_every_rank(daemon, config: Path) -> None:
+    """`cllm ctl reload`, then SIGHUP to rank 0: both ranks take the new settings at one step boundary."""
+    config.write_text(config.read_text().replace('level = "info"', 'level = "debug"')
+                      .replace("eval_interval = 0", "eval_interval = 3"))
+    reloaded = daemon.ctl("reload")["result"]
+    assert reloaded["changed"] == {"logging.level": ["info", "debug"], "training.eval_interval": [0, 3]}
+    assert reloaded["needs_restart"] == [] and reloaded["step"] > 0
+    # both ranks evaluate every 3 steps from there (the validation losses are summed over them), and go on
+    evaluated = daemon.wait_for(lambda e: e["event"] == "eval" and e["step"] > reloaded["step"])
+    assert evaluated["step"] % 3 == 0
+    daemon.wait_for_step(evaluated["step"] + 4)
+    # rank 1 logs at rank 0's new level: its step lines (info) now reach standard error
+    assert any(e["event"] == "step" and e["step"] > reloaded["step"] for e in rank_1_lines(daemon))
+    config.write_text(config.read_text().replace('level = "debug"', 'level = "info"'))
+    rank_0 = next(e for e in daemon.events if e["event"] == "ranks_joined")["ranks"][0]["pid"]
+    os.kill(rank_0, signal.SIGHUP)  # not to mpiexec, which dies of it: to rank 0, which reloads every rank
+    back = daemon.wait_for(lambda e: e["event"] == "config_reloaded" and e["step"] > evaluated["step"])
+    assert back["changed"] == {"logging.level": ["debug", "info"]}
+    daemon.wait_for_step(back["step"] + 2)
+    seen = len(rank_1_lines(daemon))
+    daemon.wait_for_step(back["step"] + 5)
+    assert len(rank_1_lines(daemon)) == seen  # rank 1 is back to warnings only
 
 
 def test_a_job_one_rank_cannot_start_is_refused_and_every_rank_goes_on_serving(tmp_path):
