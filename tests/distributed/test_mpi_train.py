@@ -79,6 +79,14 @@ def test_two_ranks_train_the_weights_of_one_process_with_two_threads_and_with_on
     assert next(e for e in lines if e["event"] == "ranks_joined")["size"] == 2
 
 
+def test_two_ranks_accumulating_micro_steps_train_the_weights_of_one_process_bit_for_bit(corpus, tmp_path):
+    # 7 x 3 rows a step, 3 micro-steps: each rank sums 3 micro-batches of its 10 or 11 rows, one process 6 of 21
+    args = ("--grad-accum", "3")
+    cllm_ranks(*train_args(corpus, tmp_path / "ranks", tmp_path / "cache", 10, "--threads", "1", *args))
+    cllm_alone(*train_args(corpus, tmp_path / "alone", tmp_path / "cache", 10, "--threads", "2", *args))
+    assert np.array_equal(final_params(tmp_path / "ranks"), final_params(tmp_path / "alone"))
+
+
 def start_ranks(*args, n: int = 2) -> subprocess.Popen:
     return subprocess.Popen([mpiexec_path(), "-n", str(n), sys.executable, "-m", "cllm.coord", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
