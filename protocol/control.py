@@ -22,6 +22,7 @@ COMMANDS = {
     "resume": {},
     "checkpoint": {},
     "stop": {},
+    "reload": {},
     "workers": {"count": int},
     "stats": {},
     "jobs": {},

@@ -14,7 +14,7 @@ The boundary types come from the original design, where they marked a lattice
 boundary; here they mark boundaries of the token stream and of the schedule, and
 the training loop acts on each (coord/training/trainer.py ``handle``):
 
-    BOUNDARY_CROSSING      the step's rows cross document boundaries (the positions)
+    BOUNDARY_CROSSING      the step's rows cross document or source-file boundaries (the positions)
     BOUNDARY_REGION_ENTER  the data cursor enters the last batch of an epoch
     BOUNDARY_REGION_EXIT   the cursor leaves it
     TWIN_PRIME_HIT         evaluate or checkpoint at this step's boundary (an interval
@@ -93,7 +93,7 @@ class MessageType(Enum):
         "the weights a newly joined sphere must read from")
 
     BOUNDARY_CROSSING = C.BOUNDARY, P.LOW, p.BoundaryCrossing, (
-        "the step's rows cross document boundaries, at the given positions")
+        "the step's rows cross document boundaries, or source-file (shard) boundaries, at the given positions")
     TWIN_PRIME_HIT = C.BOUNDARY, P.LOW, p.IntervalHit, "evaluate or checkpoint at this step's boundary"
     BOUNDARY_REGION_ENTER = C.BOUNDARY, P.LOW, p.Region, (
         "the cursor enters the last batch of an epoch: the next epoch's window order is drawn")

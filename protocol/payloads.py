@@ -110,9 +110,15 @@ class WeightsBroadcast:
 
 @dataclass(frozen=True, slots=True)
 class BoundaryCrossing:
+    """The step's rows cross boundaries of the token stream: between documents ("document": every
+    end-of-text separator among the rows' tokens) or between source files ("shard": the separators
+    that end a file, each with the index and name of the file it begins; empty lists for "document")."""
+
     step: int
-    kind: Literal["document"]
-    positions: list[int]  # flat offsets of the end-of-text separators in the step's (rows, seq_len) tokens
+    kind: Literal["document", "shard"]
+    positions: list[int]  # flat offsets of the separators in the step's (rows, seq_len) tokens
+    shards: list[int]  # for "shard": the index of the source file each separator begins, in corpus order
+    names: list[str]  # and its name, relative to the corpus
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,8 @@ from ..nodezero import MAX_WORKERS
 from .ctl_view import show
 from .options import positive_float
 
-CTL_COMMANDS = ("status", "pause", "resume", "checkpoint", "stop", "workers", "stats", "jobs", "submit", "cancel")
+CTL_COMMANDS = ("status", "pause", "resume", "checkpoint", "stop", "reload", "workers", "stats", "jobs", "submit",
+                "cancel")
 
 
 def add_parser(commands) -> None:

@@ -49,11 +49,14 @@ def name_of(node: dict, top: bool) -> str:
         return f"rank {node['rank']}"
     if top:
         return "node zero"
-    return f"{'group' if node.get('children') else 'worker'} {node['sphere']}"
+    if node.get("children"):  # a group by its symmetry group number (0-11 within its parent), then its sphere id
+        return f"group {node['group']} (sphere {node['sphere']})"
+    return f"worker {node['sphere']} (group {node['group']})"
 
 
 def show_stats(stats: dict) -> str:
-    """The statistics tree, one line per node: its name, batches, tokens, busy and waiting shares."""
+    """The statistics tree, one line per node: its name (a sphere's id and symmetry group), batches, tokens,
+    busy and waiting shares."""
     rows = []
 
     def walk(node: dict, prefix: str, branch: str, top: bool):
@@ -85,8 +88,18 @@ def show_jobs(jobs: list) -> str:
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[-1] for row in rows)
 
 
+def show_reload(result: dict) -> str:
+    changed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in result["changed"].items())
+    pairs = [("changed", changed or "nothing"), ("needs restart", ", ".join(result["needs_restart"]) or "-")]
+    if result["step"] is not None:
+        pairs.append(("in force from step", f"{result['step']:,}"))
+    return aligned(pairs)
+
+
 def show(command: str, result) -> str:
     """The reply to ``command`` as a person reads it."""
+    if command == "reload":
+        return show_reload(result)
     if command == "status":
         return show_status(result)
     if command == "stats":

@@ -4,10 +4,10 @@ import argparse
 import sys
 import traceback
 
+from ..distributed.supervise import launch_to_supervise, supervise
 from ..errors import OperationalError, RunFailed, UserError
 from ..logs import is_journal
 from ..signals import leave
-from . import ctl, evaluate, generate, plot, serve, train
 from .options import DefaultsFormatter, version_line
 
 
@@ -23,6 +23,8 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import ctl, evaluate, generate, plot, serve, train  # here: a rank's supervisor never needs them
+
     parser = Parser(prog="cllm", description="Train GPT-style language models on CPUs.")
     parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -32,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def entry() -> int:
-    """The ``cllm`` program: ``main``, then an exit that does not wait for a pool thread stuck in a kernel."""
+    """The ``cllm`` program: ``main``, then an exit that does not wait for a pool thread stuck in a kernel.
+    Started by mpiexec, this process supervises the rank, which runs ``main`` in a child process."""
+    launch = launch_to_supervise()
+    if launch is not None:
+        return supervise(launch, sys.argv[1:], say)
     return leave(main())
 
 

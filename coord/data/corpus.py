@@ -46,6 +46,7 @@ class Document:
         self.source = source
         self._pieces = pieces
         self.size = 0  # UTF-8 bytes streamed so far
+        self.file = ""  # the file it is read from, relative to the corpus (set by iter_documents)
 
     def pieces(self) -> Iterator[str]:
         for piece in self._pieces:
@@ -294,7 +295,8 @@ def file_documents(path: Path) -> Iterator[Document]:
 def iter_documents(path: Path | None, include: tuple = (), exclude: tuple = (), max_bytes: int | None = None,
                    leave_out: tuple = ()) -> Iterator[Document]:
     """The documents of ``path`` (default: the standard library's source, capped at 4 MiB), each to be
-    read before the next is asked for; the directories ``leave_out`` are not read."""
+    read before the next is asked for; the directories ``leave_out`` are not read. Each document's
+    ``file`` names its file: the path relative to a directory, the file's name when ``path`` is one."""
     if path is None:
         path = default_corpus_root()
         include, exclude = include or DEFAULT_INCLUDE, exclude or DEFAULT_EXCLUDE
@@ -303,12 +305,15 @@ def iter_documents(path: Path | None, include: tuple = (), exclude: tuple = (), 
     if not path.exists():
         raise UserError(f"{path} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
     if path.is_dir():
-        files = (p for p in walk(path, leave_out) if matches(str(p.relative_to(path.resolve())), include, exclude))
+        root = path.resolve()
+        files = ((p, name) for p in walk(path, leave_out)
+                 if matches(name := str(p.relative_to(root)), include, exclude))
     else:
-        files = [path]
+        files = [(path, path.name)]
     total = 0
-    for file in files:
+    for file, name in files:
         for document in file_documents(file):
+            document.file = name
             yield document
             total += document.size
             if max_bytes is not None and total >= max_bytes:

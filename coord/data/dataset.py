@@ -6,6 +6,10 @@ they are opened; otherwise the tokenizer is trained and the staging text encoded
 chunks, and the entry is renamed into place complete. Memory does not grow with the
 corpus: only the token file's pages that a batch touches are read.
 
+The entry keeps the corpus's source files apart: its meta.json names each file (a shard of
+the token stream) and the offset of its first token, so the training cursor can tell where
+a row crosses from one file into the next. A single file is one shard.
+
 Batches are a pure function of (seed, step), so a resumed run reads exactly the data an
 uninterrupted one would have.
 """
@@ -15,6 +19,7 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -30,7 +35,7 @@ log = structlog.get_logger("cllm.dataset")
 
 CHUNK_CHARS = 1 << 20
 MAX_CARRY = 4 * CHUNK_CHARS  # text with no safe cut this long (no whitespace at all) is cut anyway
-CACHE_FORMAT = 2  # part of every cache key; raised when what an entry holds changes meaning
+CACHE_FORMAT = 3  # part of every cache key; raised when what an entry holds changes meaning
 # a place where the byte-level pre-tokenizer splits anyway: after a newline between non-spaces,
 # or before a single space between non-spaces (GPT-2's pre-tokens carry their leading space)
 SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)|(?<=\S)(?= \S)")
@@ -46,63 +51,80 @@ def last_safe_cut(text: str) -> int:
     return cut
 
 
-def text_chunks(path: Path) -> Iterator[str]:
+def text_chunks(path: Path, cuts: tuple = ()) -> Iterator[str]:
     """The staging text in pieces of about CHUNK_CHARS, cut only where the byte-level pre-tokenizer
     splits anyway, so the tokens of the pieces are the tokens of the whole; memory stays bounded
-    even for one endless line."""
+    even for one endless line. A piece also ends at each of ``cuts`` (increasing character offsets
+    just after an end-of-text token, where the tokenizer splits as well)."""
+    cuts = iter(cuts)
+    cut_at = next(cuts, None)
     with open(path, encoding="utf-8", newline="") as f:
-        carry = ""
+        carry, at = "", 0  # ``at``: the character offset of ``carry``'s start
         while block := f.read(CHUNK_CHARS):
             text = carry + block
+            while cut_at is not None and at + len(text) >= cut_at:
+                head, text = text[:cut_at - at], text[cut_at - at:]
+                if head:
+                    yield head
+                at, cut_at = cut_at, next(cuts, None)
             cut = last_safe_cut(text)
             if cut == 0 and len(text) < MAX_CARRY:
                 carry = text
                 continue
             cut = cut or len(text)
             yield text[:cut]
-            carry = text[cut:]
+            carry, at = text[cut:], at + cut
         if carry:
             yield carry
 
 
 def stage_corpus(path, include, exclude, max_bytes, staging: Scratch, leave_out: tuple) -> tuple:
     """Stream the documents into ``staging``, separated by the end-of-text token; returns
-    (content sha256, documents, characters).
+    (content sha256, documents, shards): each shard a source file's (name, character offset of
+    its first document in the staging text).
 
-    The digest covers each document's length and sha256, in order; a document whose file turns out
-    unusable part-way is cut back out of the staging text."""
+    The digest covers each file's name and each document's length and sha256, in order; a
+    document whose file turns out unusable part-way is cut back out of the staging text."""
     digest = hashlib.sha256()
-    count = chars = 0
+    count = chars = written = 0  # documents; their characters; characters of the staging text
+    shards = []
     with open(staging.fd, "wb", closefd=False) as out:
         for document in iter_documents(path, include, exclude, max_bytes, leave_out=leave_out):
-            start, size, length = out.tell(), 0, 0
+            start, start_written, size, length = out.tell(), written, 0, 0
             hashed = hashlib.sha256()
             try:
                 for piece in document.pieces():
                     if size == 0 and count:
                         out.write(EOS.encode("utf-8"))
+                        written += len(EOS)
                     data = piece.encode("utf-8")
                     out.write(data)
                     hashed.update(data)
                     size += len(data)
                     length += len(piece)
+                    written += len(piece)
             except Skipped:
                 out.seek(start)
                 out.truncate()
+                written = start_written
                 continue
             if size:
-                digest.update(size.to_bytes(8, "little") + hashed.digest())
+                if not shards or shards[-1][0] != document.file:
+                    shards.append((document.file, written - length))
+                    digest.update(b"f" + hashlib.sha256(document.file.encode("utf-8", "surrogateescape")).digest())
+                digest.update(b"d" + size.to_bytes(8, "little") + hashed.digest())
                 count += 1
                 chars += length
     if count == 0 or chars == 0:
         where = path if path is not None else "the default corpus"
         raise UserError(f"{where} holds no text (empty, or every file was skipped); give a corpus with text")
-    return digest.hexdigest(), count, chars
+    return digest.hexdigest(), count, shards
 
 
 def build_entry(staging: Path, entry: Path, kind: str, vocab_size: int, digest: str, documents: int,
-                tokenizer=None) -> None:
-    """Tokenize the staging text into the cache entry ``entry`` (training the tokenizer unless given).
+                shards: list, tokenizer=None) -> None:
+    """Tokenize the staging text into the cache entry ``entry`` (training the tokenizer unless given),
+    noting the token offset where each of ``shards`` (name, character offset) begins.
 
     Another process may build the same entry at the same time: the first complete one stays."""
     started = time.perf_counter()
@@ -110,17 +132,23 @@ def build_entry(staging: Path, entry: Path, kind: str, vocab_size: int, digest: 
     dtype = np.uint16 if tokenizer.vocab_size <= 65536 else np.uint32
     building = Scratch(entry.with_name(scratch_name(f".{entry.name}.tmp-")), directory=True)
     try:
-        n_tokens = 0
+        n_tokens = position = 0  # tokens written; characters of the staging text encoded
+        cuts = [offset for _, offset in shards]
+        starts = []  # the token offset of each shard's first token
         with open(building.path / "tokens.bin", "wb") as out:
-            for chunk in text_chunks(staging):
+            for chunk in text_chunks(staging, cuts):
+                if len(starts) < len(cuts) and cuts[len(starts)] == position:
+                    starts.append(n_tokens)
                 ids = tokenizer.encode(chunk).astype(dtype)
                 out.write(ids.tobytes())
                 n_tokens += len(ids)
+                position += len(chunk)
             out.flush()
             os.fsync(out.fileno())
         tokenizer.save(building.path)
         meta = {"n_tokens": n_tokens, "dtype": np.dtype(dtype).name, "vocab_size": tokenizer.vocab_size,
                 "tokenizer": kind, "content_sha256": digest, "documents": documents,
+                "shards": [{"name": name, "start": start} for (name, _), start in zip(shards, starts)],
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         (building.path / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         try:
@@ -135,8 +163,8 @@ def build_entry(staging: Path, entry: Path, kind: str, vocab_size: int, digest: 
         building.remove()
         raise
     building.release()
-    log.info("dataset_tokenized", tokens=n_tokens, documents=documents, vocab_size=tokenizer.vocab_size,
-             seconds=round(time.perf_counter() - started, 2))
+    log.info("dataset_tokenized", tokens=n_tokens, documents=documents, shards=len(shards),
+             vocab_size=tokenizer.vocab_size, seconds=round(time.perf_counter() - started, 2))
 
 
 def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path, include: tuple = (),
@@ -173,7 +201,7 @@ def prepare_dataset(path, tokenizer_kind: str, vocab_size: int, cache_dir: Path,
 def cached_or_built(path, tokenizer_kind, vocab_size, cache_dir, include, exclude, val_fraction, max_bytes, tokenizer,
                     staging: Scratch) -> "TokenDataset":
     """Stage the corpus, then open its cache entry, building (or rebuilding) it when needed."""
-    digest, documents, _ = stage_corpus(path, include, exclude, max_bytes, staging, leave_out=(cache_dir,))
+    digest, documents, shards = stage_corpus(path, include, exclude, max_bytes, staging, leave_out=(cache_dir,))
     if tokenizer is not None:
         key = f"{digest[:24]}-{CACHE_FORMAT}-{tokenizer.kind}-{tokenizer.fingerprint()}"
     else:
@@ -187,7 +215,7 @@ def cached_or_built(path, tokenizer_kind, vocab_size, cache_dir, include, exclud
         except CacheDamaged as error:
             log.warning("cache_entry_damaged", path=str(entry), reason=str(error), action="rebuilt")
             discard(entry)
-    build_entry(staging.path, entry, tokenizer_kind, vocab_size, digest, documents, tokenizer)
+    build_entry(staging.path, entry, tokenizer_kind, vocab_size, digest, documents, shards, tokenizer)
     return TokenDataset(entry, val_fraction)
 
 
@@ -200,12 +228,14 @@ class TokenDataset:
 
     def __init__(self, entry: Path, val_fraction: float = 0.1):
         self.entry = entry
-        self.tokenizer, self.tokens = open_entry(entry)
+        self.tokenizer, self.tokens, self.shards = open_entry(entry)
         self.n_val = int(len(self.tokens) * val_fraction)
         self.n_train = len(self.tokens) - self.n_val
         self.train = self.tokens[:self.n_train]
         self.val = self.tokens[self.n_train:]
         self.orders = {}  # (seed, epoch, seq_len) -> the epoch's window order
+        # the offsets of the end-of-text separators that end a source file, each before shard i + 1's first token
+        self.file_ends = np.array([start - 1 for start in self.shards.starts[1:]], dtype=np.int64)
 
     def validate_seq_len(self, seq_len: int) -> None:
         smallest = min(self.n_train, self.n_val)
@@ -228,8 +258,8 @@ class TokenDataset:
         rows = split[index].astype(np.int32)
         return np.ascontiguousarray(rows[:, :-1]), np.ascontiguousarray(rows[:, 1:])
 
-    def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> tuple:
-        """(x, y) int32 (B,T) for step ``step`` (from 0); y is x shifted by one token.
+    def train_windows(self, step: int, batch_size: int, seq_len: int, seed: int) -> np.ndarray:
+        """The offsets into the training split of step ``step``'s (from 0) rows, int64 (B,).
 
         Within an epoch the windows come in an order drawn from (seed, epoch); each window
         of an epoch is used once.
@@ -237,7 +267,22 @@ class TokenDataset:
         epoch, index = divmod(step, self.steps_per_epoch(batch_size, seq_len))
         order = self.window_order(seed, epoch, seq_len)
         picks = np.resize(order, max(len(order), batch_size))[index * batch_size:(index + 1) * batch_size]
-        return self.gather(self.train, picks.astype(np.int64) * seq_len, seq_len)
+        return picks.astype(np.int64) * seq_len
+
+    def train_batch(self, step: int, batch_size: int, seq_len: int, seed: int) -> tuple:
+        """(x, y) int32 (B,T) for step ``step`` (from 0); y is x shifted by one token."""
+        return self.gather(self.train, self.train_windows(step, batch_size, seq_len, seed), seq_len)
+
+    def files_crossed(self, starts: np.ndarray, seq_len: int) -> tuple:
+        """Where rows starting at ``starts`` cross from one source file into the next: (flat offsets into
+        the rows' (B,T) tokens of the end-of-text separators that end a file, the shard each begins)."""
+        first = np.searchsorted(self.file_ends, starts)
+        last = np.searchsorted(self.file_ends, starts + seq_len)
+        positions, shards = [], []
+        for row, (start, a, b) in enumerate(zip(starts.tolist(), first.tolist(), last.tolist())):
+            positions += [row * seq_len + int(end) - start for end in self.file_ends[a:b]]
+            shards += range(a + 1, b + 1)
+        return positions, shards
 
     def window_order(self, seed: int, epoch: int, seq_len: int) -> np.ndarray:
         """The order of an epoch's training windows; the last two drawn are kept (an epoch's and the next)."""
@@ -265,17 +310,40 @@ class TokenDataset:
         return [self.gather(tokens, starts[i:i + batch_size], seq_len) for i in range(0, count, batch_size)]
 
 
+@dataclass(frozen=True)
+class Shards:
+    """The source files of a token stream, in order: each one's name and the offset of its first token."""
+
+    names: tuple
+    starts: tuple  # increasing, the first 0
+
+
+def read_shards(meta: dict, n_tokens: int) -> Shards:
+    """The shards meta.json lists; ValueError unless they cover the stream from its first token, in order."""
+    if "shards" not in meta:
+        raise ValueError("meta.json lists no source files (an entry older than their offsets)")
+    shards = meta["shards"]
+    if type(shards) is not list or not shards or not all(type(s) is dict for s in shards):
+        raise ValueError(f"shards {shards!r:.80}")
+    names, starts = tuple(s.get("name") for s in shards), tuple(s.get("start") for s in shards)
+    if (not all(type(name) is str for name in names) or not all(type(start) is int for start in starts)
+            or starts[0] != 0 or any(b <= a for a, b in zip(starts, starts[1:])) or starts[-1] >= n_tokens):
+        raise ValueError(f"shard offsets {list(starts)[:8]} do not run from 0 upwards below {n_tokens} tokens")
+    return Shards(names, starts)
+
+
 def open_entry(entry: Path) -> tuple:
-    """(tokenizer, memory-mapped token ids) of a cache entry, every id checked against the vocabulary;
-    CacheDamaged when the entry is not whole."""
+    """(tokenizer, memory-mapped token ids, shards) of a cache entry, every id checked against the
+    vocabulary; CacheDamaged when the entry is not whole."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
         dtype, n_tokens = np.dtype(meta["dtype"]), meta["n_tokens"]
         if dtype not in (np.uint16, np.uint32) or type(n_tokens) is not int or n_tokens <= 0:
             raise ValueError(f"dtype {dtype}, n_tokens {n_tokens!r}")
+        shards = read_shards(meta, n_tokens)
         tokenizer = load_tokenizer(entry)
         size = (entry / "tokens.bin").stat().st_size
-    except (OSError, ValueError, KeyError, TypeError, RecursionError, UserError) as error:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError, UserError) as error:
         raise CacheDamaged(f"unreadable: {error}") from None
     if size != n_tokens * dtype.itemsize:
         raise CacheDamaged(f"tokens.bin holds {size} bytes, meta.json says {n_tokens} tokens of {dtype}")
@@ -283,4 +351,6 @@ def open_entry(entry: Path) -> tuple:
     for start in range(0, n_tokens, SCAN_TOKENS):
         if int(tokens[start:start + SCAN_TOKENS].max()) >= tokenizer.vocab_size:
             raise CacheDamaged(f"token ids beyond the vocabulary of {tokenizer.vocab_size}")
-    return tokenizer, tokens
+    if any(int(tokens[start - 1]) != tokenizer.eos_id for start in shards.starts[1:]):
+        raise CacheDamaged("a source file's first token does not follow an end-of-text separator")
+    return tokenizer, tokens, shards

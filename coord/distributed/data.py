@@ -26,16 +26,17 @@ def tokenizer_files(entry: Path) -> dict:
 def shared_dataset(ranks, path, tokenizer_kind: str, vocab_size: int, cache_dir: Path, include=(), exclude=(),
                    tokenizer=None) -> TokenDataset:
     """``prepare_dataset`` for a run over ``ranks``; the same arguments."""
-    dataset = None
-    if ranks.is_root:
-        dataset = prepare_dataset(path, tokenizer_kind, vocab_size, cache_dir, include, exclude, tokenizer=tokenizer)
-        offer = {"entry": str(dataset.entry), "files": tokenizer_files(dataset.entry)}
-    else:
-        offer = None
-    offer = ranks.run_sync("rank 0's tokenized corpus", ranks.comm.bcast, offer, 0,
-                           timeout=max(ranks.timeout, PREPARE_TIMEOUT_S))
-    if dataset is None:
-        dataset = open_or_encode(offer, path, vocab_size, Path(cache_dir), include, exclude)
+    dataset = offer = None
+    timeout = max(ranks.timeout, PREPARE_TIMEOUT_S)
+    with ranks.together("rank 0's tokenizing of the corpus", timeout):
+        if ranks.is_root:
+            dataset = prepare_dataset(path, tokenizer_kind, vocab_size, cache_dir, include, exclude,
+                                      tokenizer=tokenizer)
+            offer = {"entry": str(dataset.entry), "files": tokenizer_files(dataset.entry)}
+    offer = ranks.run_sync("rank 0's tokenized corpus", ranks.comm.bcast, offer, 0)
+    with ranks.together("the other ranks' copies of the corpus", timeout):
+        if dataset is None:
+            dataset = open_or_encode(offer, path, vocab_size, Path(cache_dir), include, exclude)
     digest = hashlib.blake2b(dataset.tokens, digest_size=16).digest()
     ranks.run_sync("the comparison of the ranks' corpora", ranks.same_everywhere, digest, "token ids of the corpus")
     return dataset

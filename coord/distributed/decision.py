@@ -1,6 +1,6 @@
 """What every rank does at a step boundary, agreed through a sum-Allreduce of a few words.
 
-Rank 0 takes the control requests (pause, resume, checkpoint, stats, a worker count) and writes
+Rank 0 takes the control requests (pause, resume, checkpoint, stats, a worker count, a reload) and writes
 them; every other rank writes zeros, so the sum is rank 0's decision. A stop is the exception:
 any rank may ask for one (a signal can reach the ranks at different moments), and a sum above
 zero stops them all at the same boundary. The words are agreed at the boundary where rank 0
@@ -20,6 +20,7 @@ class Decision:
     resume: bool = False
     checkpoint: bool = False
     stats: bool = False
+    reload: bool = False  # rank 0's reloaded settings follow, broadcast: every rank applies them here
     workers: int = 0  # worker threads on every rank from this boundary on; 0: unchanged
 
 

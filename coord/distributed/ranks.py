@@ -5,13 +5,14 @@ issues them, which is the same on every rank; the loop awaits it under the step 
 never blocks. A collective that does not complete in time, or that MPI reports failed, ends
 the run on this rank with one log line naming the rank at fault (see ``watch``), then
 MPI_Abort, which makes the launcher end every other rank too. A rank that dies outright is
-usually ended sooner by the launcher itself: MPICH's mpiexec kills the whole job when one
-process exits badly.
+ended sooner by the launcher itself: MPICH's mpiexec kills the whole job when one process
+exits badly, and the dead rank's supervisor names it (see ``supervise``).
 """
 
 import asyncio
 import atexit
 import hashlib
+from contextlib import contextmanager, nullcontext
 import os
 import socket
 import sys
@@ -22,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import structlog
 
-from ..errors import RunFailed, UserError
+from ..errors import OperationalError, RunFailed, UserError
 from . import decision as words
 from .launch import detect, load_mpi
 from .watch import PeerWatch
@@ -55,6 +56,11 @@ def layer_buckets(layout, tail: int = 0) -> list:
     starts = [layout.offsets[f"h.{i}.ln_1.weight"] for i in range(layout.cfg.n_layer)]
     ends = starts[1:] + [layout.size + tail]
     return [(starts[i], ends[i]) for i in reversed(range(len(starts)))] + [(0, starts[0])]
+
+
+def together(ranks, what: str, timeout: float | None = None):
+    """``with together(ranks, what):`` is ``ranks.together``, and nothing for a process alone (``ranks`` None)."""
+    return nullcontext() if ranks is None else ranks.together(what, timeout)
 
 
 def join(timeout: float):
@@ -159,6 +165,31 @@ class Ranks:
             self.lost(seq, what, time.perf_counter() - started, error)
         finally:
             self.wait_s += time.perf_counter() - started
+
+    @contextmanager
+    def together(self, what: str, timeout: float | None = None):
+        """``with ranks.together(what):`` around work that can fail on some ranks only (a file one rank cannot
+        read, rank 0's run directory): every rank enters the block, and a UserError or OperationalError raised
+        in it on any rank is raised on every rank as it leaves, so that no rank goes on to a collective that a
+        failed rank will never join. The error is the lowest failing rank's, its message led by ``on rank N:``
+        unless every rank failed alike. An error an inner block already agreed on passes as it is."""
+        failure = None
+        try:
+            yield
+        except (UserError, OperationalError) as error:
+            if getattr(error, "agreed", False):
+                raise
+            failure = (isinstance(error, UserError), str(error))
+        failures = self.run_sync(what, self.comm.allgather, failure, timeout=timeout)
+        failed = [rank for rank, found in enumerate(failures) if found is not None]
+        if not failed:
+            return
+        user, text = failures[failed[0]]
+        if len(failed) < self.size or len({found for found in failures}) > 1:
+            text = f"on rank {failed[0]}: {text}"
+        error = (UserError if user else OperationalError)(text)
+        error.agreed = True
+        raise error
 
     def sum_in_place(self, buffer: np.ndarray) -> None:
         self.finish(self.comm.Iallreduce(self.mpi.IN_PLACE, buffer, op=self.mpi.SUM))

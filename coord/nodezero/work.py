@@ -13,17 +13,18 @@ from .context import SphereContext
 from .reduction import Combiner, Part
 
 
-def cut(rows: int, count: int) -> list:
-    """(first row, rows) of ``count`` micro-batches over ``rows`` rows, as even as possible, the extra rows
-    to the last ones: as MPI ranks split a step (``coord/distributed/ranks.share``), so two ranks of one
-    worker add the same two halves as one process of two workers."""
-    base, extra = divmod(rows, count)
-    cuts, first = [], 0
-    for i in range(count):
-        size = base + (1 if i >= count - extra else 0)
-        cuts.append((first, size))
-        first += size
-    return cuts
+def cut(rows: int, count: int, first: int = 0) -> list:
+    """(first row, rows) of ``count`` micro-batches over ``rows`` rows from row ``first``, their sizes at most one
+    apart, cut where the round's pairwise sum splits them (``reduction.PairwiseOrder``): the first ``count // 2``
+    micro-batches take ``rows * (count // 2) // count`` rows, and each side is cut the same way. Two MPI ranks
+    split a step's rows where this does (``coord/distributed/ranks.share``), so two ranks of W workers, each
+    cutting its half, sum the same micro-batches in the same order as one process of 2W workers: bit for bit,
+    with gradient accumulation too."""
+    if count == 1:
+        return [(first, rows)]
+    half = count // 2
+    left = rows * half // count
+    return cut(left, half, first) + cut(rows - left, count - half, first + left)
 
 
 def segments_needed(micro_batches: int, workers: int) -> int:

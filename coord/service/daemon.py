@@ -4,8 +4,10 @@ One event loop holds Node Zero, the control socket, signals and systemd's notifi
 The daemon runs the jobs of its queue one after another (the configuration's own run is
 the job ``main``), each in ``<state_dir>/jobs/<id>/``, resuming from its latest checkpoint
 after a restart. SIGTERM or SIGINT finishes the step in flight, writes a checkpoint and
-exits 0; a second one exits at once. SIGHUP re-reads the configuration and applies what
-can change while running (log level, evaluation and checkpoint intervals); SIGUSR1 and
+exits 0; a second one exits at once. SIGHUP, like ``cllm ctl reload``, re-reads the
+configuration and applies what can change while running: the log level at once, the
+evaluation and checkpoint intervals at the next step boundary (on every rank under mpiexec,
+whose launcher does not pass SIGHUP on: there ``cllm ctl reload`` is the way). SIGUSR1 and
 SIGUSR2 are ignored (logged).
 
 The daemon keeps running through operational errors. A checkpoint that cannot be written is
@@ -43,7 +45,7 @@ from .notify import Notifier, WatchdogGate
 from ..training.config import with_values
 from ..training.run import open_run
 from .config import load_config, merge_job, reload_changes
-from .follower import IDLE, STOP, job_offer, offer, open_on_every_rank
+from .follower import STOP, idle_offer, job_offer, offer, open_on_every_rank
 
 log = structlog.get_logger("cllm.service")
 
@@ -67,6 +69,7 @@ class Service:
         self.workers = None  # a worker count asked for while no run was in progress
         self.state_lock = None  # the descriptor holding <state_dir>/daemon.lock
         self.ranks = None  # under mpiexec, rank 0's Ranks: the other ranks are Followers (service/follower.py)
+        self.reloading = None  # the task of a reload asked by SIGHUP
 
     # ----- lifecycle -----
 
@@ -117,7 +120,7 @@ class Service:
                 pass
             self.watchdog.progress()  # nothing to train is not a stuck training
             if self.ranks is not None:
-                await offer(self.ranks, IDLE)
+                await offer(self.ranks, idle_offer(self.config.logging.level))
 
     async def run_job(self, job) -> None:
         c = self.config
@@ -165,12 +168,16 @@ class Service:
             monitor.cancel()
             self.trainer, self.job = None, None
             self.follow_metrics()
+            try:
+                await monitor  # done before the job is: a monitor that failed raises here instead of being lost
+            except asyncio.CancelledError:
+                pass
 
     async def open_job(self, run, resumed, saved):
         """The job's Trainer; under mpiexec, offered to the other ranks and opened on every rank."""
         if self.ranks is None:
             return open_run(run, resumed, saved)
-        offered = job_offer(run, resumed, saved)
+        offered = job_offer(run, resumed, saved, self.config.logging.level)
         await offer(self.ranks, offered)
         return open_on_every_rank(self.ranks, offered)
 
@@ -237,26 +244,41 @@ class Service:
         self.wake.set()
 
     def on_reload(self) -> None:
+        """SIGHUP: the reload ``cllm ctl reload`` asks for, on a task (it waits for the step boundary)."""
+        self.reloading = asyncio.create_task(self.reload_quietly())
+
+    async def reload_quietly(self) -> None:
+        try:
+            await self.reload()
+        except UserError:
+            pass  # logged: no one waits for an answer
+
+    async def reload(self) -> dict:
+        """Re-read the configuration; the log level applies at once, the evaluation and checkpoint intervals
+        at the run's next step boundary, on every rank (and to the jobs after it). What changed, what needs
+        a restart, and the step at which the run took the intervals (None without a run)."""
         self.notifier.reloading()
         try:
             new = load_config(self.config_path)
         except UserError as error:
             log.error("config_reload_failed", error=str(error))
             self.notifier.reloaded()
-            return
+            raise
         changed, restart = reload_changes(self.config, new)
-        if self.ranks is not None:  # every rank must evaluate and checkpoint at the same steps: a restart does that
-            restart += [key for key in changed if key != "logging.level"]
-            changed = {key: value for key, value in changed.items() if key == "logging.level"}
-            new = dataclasses.replace(new, run=self.config.run)
         if "logging.level" in changed:
             configure(self.config.logging.format, new.logging.level, rank=self.rank)
         intervals = {"eval_interval": new.run.eval.interval, "checkpoint_interval": new.run.checkpoints.interval}
-        if self.trainer is not None:
-            self.trainer.config = with_values(self.trainer.config, intervals)
         self.config = dataclasses.replace(self.config, logging=new.logging, run=with_values(self.config.run, intervals))
-        log.info("config_reloaded", changed={k: list(v) for k, v in changed.items()}, needs_restart=restart)
+        step = None
+        if self.trainer is not None:
+            try:
+                step = (await self.trainer.reload({"level": new.logging.level, **intervals}))["step"]
+            except RuntimeError:  # the run ended first: the next one starts with the new settings
+                pass
+        changed = {key: list(values) for key, values in changed.items()}
+        log.info("config_reloaded", changed=changed, needs_restart=restart, step=step)
         self.notifier.reloaded()
+        return {"changed": changed, "needs_restart": restart, "step": step}
 
     # ----- control requests -----
 
@@ -285,6 +307,8 @@ class Service:
         if command == "stop":
             self.stop("stop")
             return {"stopping": True}
+        if command == "reload":
+            return await self.reload()
         if command == "workers" and args["count"] > MAX_WORKERS:
             raise UserError(f"{args['count']} workers is more than the {MAX_WORKERS} a run may have")
         if command == "workers" and t is None:

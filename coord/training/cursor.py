@@ -6,7 +6,9 @@ notices the training loop acts on (``Trainer.handle``):
 
     before the step   EPOCH_START (first step of an epoch), BOUNDARY_REGION_ENTER (its last
                       step: the next epoch's order is drawn ahead), BOUNDARY_CROSSING "document"
-                      with the positions of the end-of-text separators among the step's tokens
+                      with the positions of the end-of-text separators among the step's tokens,
+                      and BOUNDARY_CROSSING "shard" with those of them that end a source file
+                      (and the index and name of the file each begins)
     after the step    BOUNDARY_REGION_EXIT and EPOCH_COMPLETE (the epoch's last step)
 """
 
@@ -40,7 +42,8 @@ class Cursor:
 
     def batch(self, step: int) -> Batch:
         epoch, index = divmod(step - 1, self.per_epoch)
-        tokens, targets = self.dataset.train_batch(step - 1, self.rows, self.seq_len, self.seed)
+        starts = self.dataset.train_windows(step - 1, self.rows, self.seq_len, self.seed)
+        tokens, targets = self.dataset.gather(self.dataset.train, starts, self.seq_len)
         position = index * self.rows * self.seq_len  # the step's first token in its epoch's order
         batch = Batch(step, epoch, tokens, targets)
         if index == 0:
@@ -53,7 +56,12 @@ class Cursor:
         separators = np.flatnonzero(tokens.reshape(-1) == self.eos)
         if len(separators):
             batch.before.append(notice(M.BOUNDARY_CROSSING, pl.BoundaryCrossing(
-                step=step, kind="document", positions=separators.tolist())))
+                step=step, kind="document", positions=separators.tolist(), shards=[], names=[])))
+        positions, shards = self.dataset.files_crossed(starts, self.seq_len)
+        if positions:
+            names = [self.dataset.shards.names[shard] for shard in shards]
+            batch.before.append(notice(M.BOUNDARY_CROSSING, pl.BoundaryCrossing(
+                step=step, kind="shard", positions=positions, shards=shards, names=names)))
         return batch
 
     def batch_epoch(self, step: int) -> int:

@@ -10,6 +10,7 @@ from ..checkpoints.run_dir import claim_run_dir
 from ..checkpoints.store import load_checkpoint
 from ..data.dataset import prepare_dataset
 from ..distributed.data import shared_dataset
+from ..distributed.ranks import together
 from ..errors import UserError
 from ..nodezero.tree import usable_cores
 from .config import RunConfig, with_values
@@ -30,8 +31,9 @@ def open_run(config: RunConfig, resumed=None, training_state=None, progress=None
     everything else is checked. Over MPI ``ranks``, rank 0 alone claims the run directory and writes the
     token cache, the checkpoints and the run's history (metrics.jsonl); every rank gets the same Trainer."""
     run_dir = None
-    if ranks is None or ranks.is_root:
-        run_dir = claim_run_dir(config.checkpoints.dir, resumed.path if resumed else None, overwrite)
+    with together(ranks, "rank 0's claim of the run directory"):
+        if ranks is None or ranks.is_root:
+            run_dir = claim_run_dir(config.checkpoints.dir, resumed.path if resumed else None, overwrite)
     try:
         trainer = prepare(config, resumed, training_state, progress, ranks)
         if run_dir is not None:
@@ -49,15 +51,28 @@ def open_run(config: RunConfig, resumed=None, training_state=None, progress=None
 
 def prepare(config: RunConfig, resumed, training_state, progress, ranks=None) -> Trainer:
     d, m = config.data, config.model
-    if d.path is not None and not d.path.exists():
-        raise UserError(f"{d.path} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
-    start = resumed or (load_checkpoint(m.init_from) if m.init_from is not None else None)
-    if ranks is not None and config.batch_size < ranks.size:
-        raise UserError(f"--batch-size {config.batch_size} is fewer sequences than the {ranks.size} MPI ranks; give "
-                        "every rank at least one (--batch-size is the whole step's)")
+    with together(ranks, "the ranks' look at the data and the starting model"):
+        if d.path is not None and not d.path.exists():
+            raise UserError(f"{d.path} does not exist; give a text file, a directory, a .jsonl or SQuAD file")
+        start = resumed or (load_checkpoint(m.init_from) if m.init_from is not None else None)
+        if ranks is not None and config.batch_size < ranks.size:
+            raise UserError(f"--batch-size {config.batch_size} is fewer sequences than the {ranks.size} MPI ranks; "
+                            "give every rank at least one (--batch-size is the whole step's)")
     load = prepare_dataset if ranks is None else partial(shared_dataset, ranks)
     dataset = load(d.path, d.tokenizer, d.vocab_size, d.cache_dir, include=d.include, exclude=d.exclude,
                    tokenizer=start.tokenizer if start else None)
+    with together(ranks, "the ranks' model, memory and optimizer state"):
+        model, config, optimizer, state, params = shape_run(config, start, dataset, resumed, training_state, ranks)
+    if ranks is not None:  # the same start everywhere: a new model's seed, or the same checkpoint
+        ranks.run_sync("the weights check at the start", ranks.compare_weights, params, state.step)
+    return Trainer(config, model, dataset, params, optimizer, state,
+                   progress=progress(config.steps) if progress else None, ranks=ranks)
+
+
+def shape_run(config: RunConfig, start, dataset, resumed, training_state, ranks) -> tuple:
+    """(model, config, optimizer, state, params) of a run on ``dataset``: a new model, or ``start``'s; every
+    setting resolved, the memory checked, the optimizer's state restored from ``training_state``."""
+    m = config.model
     if start:
         model = start.model
         if m.seq_len > model.block_size:
@@ -87,7 +102,4 @@ def prepare(config: RunConfig, resumed, training_state, progress, ranks=None) ->
         optimizer, state = Optimizer(layout, config.optimizer), RunState()
         if start:
             log.info("initialised_from", path=str(start.path), parameters=int(params.size))
-    if ranks is not None:  # the same start everywhere: a new model's seed, or the same checkpoint
-        ranks.run_sync("the weights check at the start", ranks.compare_weights, params, state.step)
-    return Trainer(config, model, dataset, params, optimizer, state,
-                   progress=progress(config.steps) if progress else None, ranks=ranks)
+    return model, config, optimizer, state, params

@@ -1,8 +1,9 @@
 """The training loop: batch, boundary, step, record, boundary.
 
 The cursor gives each step's rows and the notices of the stream's boundaries; Node Zero runs
-the step; at each boundary the loop acts on the notices (``handle``: epochs, documents,
-evaluation and checkpoint intervals) and on control requests (stop, stats, workers, pause).
+the step; at each boundary the loop acts on the notices (``handle``: epochs, documents and
+source files crossed, evaluation and checkpoint intervals) and on control requests (stop,
+stats, workers, pause).
 
 Everything a run depends on is a function of the step or lives in the checkpoint (weights,
 optimizer moments, best-so-far and patience counters), and batches are a pure function of
@@ -33,13 +34,14 @@ from ..errors import OperationalError, RunFailed, UserError
 from .hooks import Hook, Hooks
 from ..nodezero.node_zero import NodeZero, StepFailed
 from ..nodezero.states import ControlState
-from .config import RunConfig, resumable
+from .config import RunConfig, resumable, with_values
 from .cursor import Batch, Cursor, notice
 from .optimizer import Optimizer, OptimizerConfig
 from .schedule import Plateau, learning_rate
 
 log = structlog.get_logger("cllm.train")
 
+RELOADED = ("eval_interval", "checkpoint_interval")  # the run's settings a reload changes at a step boundary
 RESIZE = "resize"  # CHILD_SPAWN and CHILD_TERMINATE, taken together at a boundary: the last count asked wins
 
 
@@ -123,6 +125,7 @@ class Trainer:
                              precision=config.precision)
         self.cursor = Cursor(dataset, config.batch_size * config.grad_accum, self.seq_len, config.seed)
         self.documents = 0  # documents begun in the rows trained on (end-of-text separators crossed)
+        self.shards = 0  # of them, the ones that begin another source file of the corpus
         self.checkpointed = None  # the step of the last checkpoint written
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
@@ -131,6 +134,8 @@ class Trainer:
         self.pause_wanted = None  # a future answered once the run has paused
         self.resumed = asyncio.Event()
         self.on_idle = None  # called about once a second while paused (the daemon's watchdog)
+        self.reload_wanted = None  # (settings, future): reloaded settings, applied at the next step boundary
+        self.on_reload = None  # called with the settings where they apply (a follower's log level)
         self.run_directory = None  # the claimed run directory, released when the run ends
         self.history = None  # metrics.jsonl's writer (coord/training/history.py), closed when the run ends
 
@@ -151,7 +156,8 @@ class Trainer:
                     self.history.close()
                 if self.run_directory is not None:
                     self.run_directory.release()
-                for future in list(self.waiting.values()) + [self.pause_wanted]:
+                reloading = self.reload_wanted[1] if self.reload_wanted else None
+                for future in list(self.waiting.values()) + [self.pause_wanted, reloading]:
                     if future is not None and not future.done():
                         future.set_exception(RuntimeError("the run ended before the request was handled"))
         return summary
@@ -183,6 +189,14 @@ class Trainer:
     def resume(self) -> None:
         self.resumed.set()
 
+    def reload(self, settings: dict) -> asyncio.Future:
+        """Apply reloaded ``settings`` (``RELOADED`` intervals, and what ``on_reload`` takes) at the next step
+        boundary, on every rank; the future is answered with that step. A later reload before the boundary
+        replaces the settings and shares the future."""
+        future = self.reload_wanted[1] if self.reload_wanted else asyncio.get_running_loop().create_future()
+        self.reload_wanted = (settings, future)
+        return future
+
     async def loop(self) -> dict:
         c, s = self.config, self.state
         started, tokens_seen, last = time.perf_counter(), 0, None
@@ -211,7 +225,7 @@ class Trainer:
         log.info("train_finished", step=s.step, loss=round(summary["loss"], 6), val_loss=round(val_loss, 6),
                  val_perplexity=round(summary["val_perplexity"], 4), best_val_loss=round(s.best_val, 6),
                  seconds=round(elapsed, 2), tokens_per_s=round(summary["tokens_per_s"], 1), stopped=self.stop_reason,
-                 documents=self.documents)
+                 documents=self.documents, shards=self.shards)
         return summary
 
     def intervals(self, step: int) -> list:
@@ -234,8 +248,11 @@ class Trainer:
             self.cursor.prepare(self.cursor.batch_epoch(p.step) + 1)
         elif message.type is M.BOUNDARY_REGION_EXIT:
             self.cursor.forget(self.cursor.batch_epoch(p.step))
-        elif message.type is M.BOUNDARY_CROSSING:
+        elif message.type is M.BOUNDARY_CROSSING and p.kind == "document":
             self.documents += len(p.positions)
+        elif message.type is M.BOUNDARY_CROSSING:  # "shard"; debug, as a tree of many files crosses most steps
+            self.shards += len(p.positions)
+            log.debug("shard_crossed", step=p.step, positions=p.positions, shards=p.shards, names=p.names)
         elif message.type is M.TWIN_PRIME_HIT and p.kind == "eval":
             await self.evaluate_and_track()
             if self.state.best_step == self.state.step:
@@ -285,7 +302,8 @@ class Trainer:
             ranks = {} if self.ranks is None else {"communication_s": round(self.communication_s, 4)}
             log.info("step", step=result.step, loss=round(result.loss, 6), lr=lr, grad_norm=round(result.grad_norm, 6),
                      tokens_per_s=round(tokens_per_s, 1), step_s=round(result.seconds, 4),
-                     micro_batches=sum(result.taken.values()), documents=self.documents, **ranks)
+                     micro_batches=sum(result.taken.values()), documents=self.documents, shards=self.shards,
+                     **ranks)
 
     async def evaluate_and_track(self) -> float:
         """Validation loss (and token accuracy) on the fixed batches; updates best-so-far and the patience
@@ -360,7 +378,7 @@ class Trainer:
         decision = Decision(stop=bool(asked[M.SHUTDOWN_REQUEST]),
                             pause=not paused and self.pause_wanted is not None and not self.pause_wanted.done(),
                             resume=paused and self.resumed.is_set(), checkpoint=bool(asked[M.TWIN_PRIME_HIT]),
-                            stats=bool(asked[M.STATS_REQUEST]),
+                            stats=bool(asked[M.STATS_REQUEST]), reload=self.reload_wanted is not None,
                             workers=max(asked[RESIZE], key=lambda m: m.id).payload.count if asked[RESIZE] else 0)
         if self.ranks is not None:
             decision = await self.ranks.agree(decision)
@@ -374,6 +392,8 @@ class Trainer:
             await self.answer(asked[RESIZE], self.resize, decision.workers)
         if decision.checkpoint:
             await self.answer(asked[M.TWIN_PRIME_HIT], self.checkpoint_asked)
+        if decision.reload:
+            await self.reloading()
         if not decision.stop:
             return False
         reasons = [m.payload.reason for m in asked[M.SHUTDOWN_REQUEST]] or ["another rank's request"]
@@ -405,6 +425,18 @@ class Trainer:
         """The run's statistics tree: Node Zero's spheres, under the ranks of a run over MPI (on rank 0)."""
         tree = await self.node.stats()
         return tree if self.ranks is None else await self.ranks.gather_stats(tree)
+
+    async def reloading(self) -> None:
+        """Rank 0's reloaded settings, in force on every rank from this boundary on."""
+        settings, future = self.reload_wanted or (None, None)
+        self.reload_wanted = None
+        if self.ranks is not None:
+            settings = await self.ranks.run("rank 0's reloaded settings", self.ranks.comm.bcast, settings, 0)
+        self.config = with_values(self.config, {key: settings[key] for key in RELOADED})
+        if self.on_reload is not None:
+            self.on_reload(settings)
+        if future is not None and not future.done():
+            future.set_result({"step": self.state.step})
 
     async def checkpoint_asked(self) -> dict:
         return {"checkpoint": str(self.checkpoint(best=False, required=True)), "step": self.state.step}

@@ -102,15 +102,18 @@ async def test_an_ordinary_run_sends_the_work_gradients_weights_and_notices_each
     assert groups == [0, 1]
     assert kinds[M.WEIGHTS_REQUEST] == kinds[M.WEIGHTS_BROADCAST] == WORKERS
     assert kinds[M.SHUTDOWN_ACK] == WORKERS + 2  # every sphere that stops
-    # the notices of the stream: epochs, the epoch's last batch, the documents' separators
+    # the notices of the stream: epochs, the epoch's last batch, the documents' separators, the files'
     notices = Counter(m.type for m in handled)
     assert notices[M.EPOCH_START] == 2 and notices[M.EPOCH_COMPLETE] == 1
     assert notices[M.BOUNDARY_REGION_ENTER] == notices[M.BOUNDARY_REGION_EXIT] == 1
-    crossings = [m.payload for m in handled if m.type is M.BOUNDARY_CROSSING]
+    crossings = [m.payload for m in handled if m.type is M.BOUNDARY_CROSSING and m.payload.kind == "document"]
     assert crossings and trainer.documents == sum(len(c.positions) for c in crossings)
     for crossing in crossings:
         x, _ = documents.train_batch(crossing.step - 1, 16, 16, config.seed)
         assert crossing.positions == np.flatnonzero(x.reshape(-1) == documents.tokenizer.eos_id).tolist()
+    files = [m.payload for m in handled if m.type is M.BOUNDARY_CROSSING and m.payload.kind == "shard"]
+    assert files and trainer.shards == sum(len(c.positions) for c in files)  # each file is one document here
+    assert trainer.shards == trainer.documents
     hits = [(m.payload.step, m.payload.kind) for m in handled if m.type is M.TWIN_PRIME_HIT]
     assert hits == [(s, k) for s in range(5, steps, 5) for k in ("eval", "checkpoint")]
 

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -78,6 +79,14 @@ def test_two_ranks_train_the_weights_of_one_process_with_two_threads_and_with_on
     assert next(e for e in lines if e["event"] == "ranks_joined")["size"] == 2
 
 
+def test_two_ranks_accumulating_micro_steps_train_the_weights_of_one_process_bit_for_bit(corpus, tmp_path):
+    # 7 x 3 rows a step, 3 micro-steps: each rank sums 3 micro-batches of its 10 or 11 rows, one process 6 of 21
+    args = ("--grad-accum", "3")
+    cllm_ranks(*train_args(corpus, tmp_path / "ranks", tmp_path / "cache", 10, "--threads", "1", *args))
+    cllm_alone(*train_args(corpus, tmp_path / "alone", tmp_path / "cache", 10, "--threads", "2", *args))
+    assert np.array_equal(final_params(tmp_path / "ranks"), final_params(tmp_path / "alone"))
+
+
 def start_ranks(*args, n: int = 2) -> subprocess.Popen:
     return subprocess.Popen([mpiexec_path(), "-n", str(n), sys.executable, "-m", "cllm.coord", *map(str, args)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -151,7 +160,10 @@ def test_a_rank_killed_or_frozen_mid_run_ends_the_other_within_the_timeout(corpu
         lost = [e for e in json_lines(out) if e["event"] == "rank_lost"]
         assert len(lost) == 1 and lost[0]["failed"] == [1], f"status {process.returncode}\n{out}\n{err}"
         assert "rank 1 has not been heard from" in lost[0]["reason"]
-    else:  # the launcher sees the rank die and ends the job
+    else:  # rank 1's supervisor names it, then the launcher ends the job
+        line = (f"cllm: error: rank 1 of 2 (pid {pids[1]} on {socket.gethostname()}) was killed by SIGKILL; the "
+                "launcher ends the other ranks, and --resume continues from the last checkpoint")
+        assert err.count(line) == 1, f"status {process.returncode}\n{out}\n{err}"
         assert "BAD TERMINATION" in out + err
     assert load_checkpoint(run).params.size > 0  # the latest checkpoint loads
 

@@ -7,7 +7,7 @@ import pytest
 from cllm.protocol.control import COMMANDS, ControlRequest, decode_reply, decode_request, encode_reply, encode_request
 from cllm.protocol.wire import MAX_LINE_BYTES, WireError
 
-EXAMPLES = {"status": {}, "pause": {}, "resume": {}, "checkpoint": {}, "stop": {}, "workers": {"count": 4},
+EXAMPLES = {"status": {}, "pause": {}, "resume": {}, "checkpoint": {}, "stop": {}, "reload": {}, "workers": {"count": 4},
             "stats": {}, "jobs": {}, "submit": {"job": {"training": {"steps": 10}}}, "cancel": {"id": "job-1"}}
 
 

@@ -55,7 +55,8 @@ def write_config(directory: Path, steps=100000, eval_interval=0, checkpoint_inte
 
 
 class Daemon:
-    """`cllm serve --config FILE` with its JSON log collected from standard output."""
+    """`cllm serve --config FILE` with its JSON log collected from standard output, and its standard error
+    (where ranks other than 0 log) read as it comes, so that a full pipe never stops the daemon."""
 
     def __init__(self, config: Path, env=None, launcher=()):
         """``launcher``: a command the daemon runs under, e.g. ``mpiexec -n 2``."""
@@ -66,15 +67,28 @@ class Daemon:
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                         env={**os.environ, **(env or {})})
         self.events = []
+        self.errors = []  # standard error's lines
         self.lock = threading.Lock()
         self.reader = threading.Thread(target=self.read, daemon=True)
         self.reader.start()
+        self.error_reader = threading.Thread(target=self.read_errors, daemon=True)
+        self.error_reader.start()
 
     def read(self):
         for line in self.process.stdout:
             if line.startswith("{"):
                 with self.lock:
                     self.events.append(json.loads(line))
+
+    def read_errors(self):
+        for line in self.process.stderr:
+            with self.lock:
+                self.errors.append(line)
+
+    def stderr(self) -> str:
+        self.error_reader.join(10)
+        with self.lock:
+            return "".join(self.errors)
 
     def wait_for(self, predicate, timeout=120.0):
         """The first event matching ``predicate``, waiting for it."""
@@ -85,7 +99,7 @@ class Daemon:
                     if predicate(event):
                         return event
             if self.process.poll() is not None and not self.reader.is_alive():
-                raise AssertionError(f"the daemon exited with {self.process.returncode}: {self.process.stderr.read()}")
+                raise AssertionError(f"the daemon exited with {self.process.returncode}: {self.stderr()}")
             time.sleep(0.02)
         raise AssertionError("timed out waiting for an event")
 

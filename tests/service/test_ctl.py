@@ -72,9 +72,14 @@ def test_stats_is_a_tree_of_groups_and_workers_with_busy_and_waiting_shares(daem
 
     lines = ctl(daemon, "stats").splitlines()
     assert lines[0].startswith("node zero ")
-    assert sum(1 for line in lines if re.match(r"^[├└]─ group \d+ ", line)) == sum(1 for g in groups if g["children"])
-    workers = [line for line in lines if re.search(r"[├└]─ worker \d+ ", line)]
+    # each group by its symmetry group number, 0-11 within Node Zero, then its sphere id; each worker by its id and
+    # its number within its group
+    shown = [tuple(map(int, m.groups())) for m in (re.match(r"^[├└]─ group (\d+) \(sphere (\d+)\) ", line)
+                                                   for line in lines) if m]
+    assert shown == [(g["group"], g["sphere"]) for g in groups if g["children"]] == [(0, 1), (1, 2)]
+    workers = [line for line in lines if re.search(r"[├└]─ worker \d+ \(group \d+\) ", line)]
     assert len(workers) == 14
+    assert [int(re.search(r"\(group (\d+)\)", line)[1]) for line in workers] == [*range(7), *range(7)]
     assert any(line.startswith(("│  ├─ worker", "│  └─ worker", "   └─ worker", "   ├─ worker")) for line in workers)
     for line in lines:
         shares = re.search(r"busy\s+([\d.]+)%\s+waiting\s+([\d.]+)%", line)
@@ -119,17 +124,18 @@ def test_stats_of_ranks_show_each_rank_with_its_communication_time():
     from cllm.coord.cli.ctl_view import show
 
     def worker(sphere, busy):
-        return {"sphere": sphere, "batches": 4, "tokens": 128, "busy_s": busy, "waiting_s": 1.0 - busy, "children": []}
+        return {"sphere": sphere, "group": sphere - 1, "batches": 4, "tokens": 128, "busy_s": busy,
+                "waiting_s": 1.0 - busy, "children": []}
 
     stats = {"ranks": 2, "batches": 16, "tokens": 512, "busy_s": 2.5, "waiting_s": 1.5, "communication_s": 0.8,
              "children": [{"rank": r, "batches": 8, "tokens": 256, "busy_s": 1.25, "waiting_s": 0.75,
                            "communication_s": 0.4, "children": [worker(1, 0.75), worker(2, 0.5)]} for r in (0, 1)]}
     assert show("stats", stats).splitlines() == [
-        "2 ranks         batches       16  tokens          512  busy  62.5%  waiting  37.5%  communication 0.8s",
-        "├─ rank 0       batches        8  tokens          256  busy  62.5%  waiting  37.5%  communication 0.4s",
-        "│  ├─ worker 1  batches        4  tokens          128  busy  75.0%  waiting  25.0%",
-        "│  └─ worker 2  batches        4  tokens          128  busy  50.0%  waiting  50.0%",
-        "└─ rank 1       batches        8  tokens          256  busy  62.5%  waiting  37.5%  communication 0.4s",
-        "   ├─ worker 1  batches        4  tokens          128  busy  75.0%  waiting  25.0%",
-        "   └─ worker 2  batches        4  tokens          128  busy  50.0%  waiting  50.0%",
+        "2 ranks                   batches       16  tokens          512  busy  62.5%  waiting  37.5%  communication 0.8s",
+        "├─ rank 0                 batches        8  tokens          256  busy  62.5%  waiting  37.5%  communication 0.4s",
+        "│  ├─ worker 1 (group 0)  batches        4  tokens          128  busy  75.0%  waiting  25.0%",
+        "│  └─ worker 2 (group 1)  batches        4  tokens          128  busy  50.0%  waiting  50.0%",
+        "└─ rank 1                 batches        8  tokens          256  busy  62.5%  waiting  37.5%  communication 0.4s",
+        "   ├─ worker 1 (group 0)  batches        4  tokens          128  busy  75.0%  waiting  25.0%",
+        "   └─ worker 2 (group 1)  batches        4  tokens          128  busy  50.0%  waiting  50.0%",
     ]

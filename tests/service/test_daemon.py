@@ -180,6 +180,16 @@ def test_submitted_jobs_survive_a_restart_and_sighup_reloads(tmp_path):
         daemon.process.send_signal(signal.SIGHUP)
         reloaded = daemon.wait_for(lambda e: e["event"] == "config_reloaded")
         assert "training.eval_interval" in reloaded["changed"]
+        config.write_text(config.read_text().replace("checkpoint_interval = 50", "checkpoint_interval = 20"))
+        out = subprocess.run([sys.executable, "-m", "cllm.coord", "ctl", "reload", "--socket", str(daemon.socket)],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        changed, restart, applied = out.stdout.splitlines()
+        assert changed.split() == ["changed", "training.checkpoint_interval", "50", "->", "20"]
+        assert restart.split() == ["needs", "restart", "-"] and applied.startswith("in force from step")
+        step = int(applied.split()[-1].replace(",", ""))
+        saved = daemon.wait_for(lambda e: e["event"] == "checkpoint_saved" and e["step"] > step and not e["best"])
+        assert saved["step"] % 20 == 0  # the new interval, from the step the reply named
     finally:
         assert daemon.stop() == 0
     again = Daemon(config)

@@ -1,4 +1,5 @@
-"""deploy/cllm.service: the directives the daemon relies on, systemd's own check, and why W^X stays off."""
+"""deploy/cllm.service and its MPI drop-in: the directives the daemon relies on, systemd's own check, and why W^X
+stays off."""
 
 import ctypes.util
 import shlex
@@ -12,21 +13,32 @@ import pytest
 from cllm.coord.training.config import RunConfig
 
 UNIT = Path(__file__).resolve().parents[2] / "deploy" / "cllm.service"
+MPI_DROP_IN = UNIT.parent / "cllm.service.d" / "mpi.conf"
 
 
-def directives(text: str) -> dict:
-    """{section: {key: [values]}}; a key may repeat (Environment=), so configparser will not do."""
-    sections, current = {}, None
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("["):
-            current = sections.setdefault(line.strip("[]"), {})
-            continue
-        key, _, value = line.partition("=")
-        current.setdefault(key.strip(), []).append(value.strip())
+def directives(*texts: str) -> dict:
+    """{section: {key: [values]}} of a unit and its drop-ins, read in turn, as systemd reads them: a list setting
+    (Exec*=, Environment=) may repeat, so configparser will not do, and an empty value clears it (ExecStart= in a
+    drop-in); any other setting takes its last value."""
+    sections = {}
+    for text in texts:
+        current = None
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line[0] in "#;":
+                continue
+            if line.startswith("["):
+                current = sections.setdefault(line.strip("[]"), {})
+                continue
+            key, _, value = line.partition("=")
+            key, value = key.strip(), value.strip()
+            listed = key.startswith(("Exec", "Environment"))
+            current[key] = (current.get(key, []) + [value] if value else []) if listed else [value]
     return sections
+
+
+def mpi_unit() -> dict:
+    return directives(UNIT.read_text(), MPI_DROP_IN.read_text())
 
 
 REQUIRED = {
@@ -53,6 +65,27 @@ def test_unit_has_the_directives_the_daemon_relies_on():
         assert len(service.get(key, [])) == 1 and float(service[key][0]) > 0, key
 
 
+# what the MPI drop-in changes: mpiexec starts the ranks, rank 0 notifies, a reload is a control request
+MPI_REQUIRED = {
+    "NotifyAccess": "all", "KillMode": "mixed",
+    "ExecStart": "/usr/local/bin/mpiexec -n 2 /usr/local/bin/cllm serve --config /etc/cllm/cllm.toml",
+    "ExecReload": "/usr/local/bin/cllm ctl reload --config /etc/cllm/cllm.toml",
+}
+
+
+def test_the_mpi_drop_in_starts_mpiexec_and_reloads_through_rank_0():
+    service = mpi_unit()["Service"]
+    for key, value in {**REQUIRED, **MPI_REQUIRED}.items():
+        assert service.get(key) == [value], key
+    # what the commands ask of cllm is what its command line takes
+    from cllm.coord.cli.main import build_parser
+    serve = build_parser().parse_args(shlex.split(service["ExecStart"][0])[4:])
+    reload = build_parser().parse_args(shlex.split(service["ExecReload"][0])[1:])
+    assert (serve.command, reload.command, reload.config) == ("serve", "reload", serve.config)
+    # a reload waits for the step boundary, at most a step
+    assert float(service["TimeoutStartSec"][0]) > RunConfig().step_timeout
+
+
 def test_numba_cache_is_in_the_writable_state_directory():
     service = directives(UNIT.read_text())["Service"]
     environment = dict(item.split("=", 1) for line in service["Environment"] for item in shlex.split(line))
@@ -71,11 +104,16 @@ def test_systemd_waits_out_a_slow_step_before_killing():
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
-def test_systemd_analyze_verifies_the_unit(tmp_path):
+@pytest.mark.parametrize("drop_in", [False, True])
+def test_systemd_analyze_verifies_the_unit(tmp_path, drop_in):
     cllm = shutil.which("cllm")
-    command = f"{cllm} serve" if cllm else f"{sys.executable} -m cllm.coord serve"
-    text = UNIT.read_text().replace("ExecStart=/usr/local/bin/cllm serve", f"ExecStart={command}")
-    (tmp_path / "cllm.service").write_text(text)
+    command = f"{cllm}" if cllm else f"{sys.executable} -m cllm.coord"
+    (tmp_path / "cllm.service").write_text(UNIT.read_text().replace("/usr/local/bin/cllm", command))
+    if drop_in:  # verify reads cllm.service.d/ beside the unit
+        from ..distributed.mpirun import mpiexec_path
+        text = MPI_DROP_IN.read_text().replace("/usr/local/bin/mpiexec", mpiexec_path())
+        (tmp_path / "cllm.service.d").mkdir()
+        (tmp_path / "cllm.service.d" / "mpi.conf").write_text(text.replace("/usr/local/bin/cllm", command))
     out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "cllm.service")], capture_output=True,
                          text=True, timeout=60)
     complaints = [line for line in (out.stdout + out.stderr).splitlines() if "cllm.service" in line]
