@@ -6,8 +6,8 @@ numba compiles ``np.exp`` on float32 to a scalar libm call per element (about 7 
 (well under 1 ns per element), with a relative error below 4e-7 (a few float32 ulps).
 ``exp2`` is the cheaper form for callers that fold log2(e) into a product they already
 compute (exp(x - m) = 2**(x * log2e - m * log2e), one fused multiply-add): a degree-5
-polynomial, relative error below 3e-7. On float64 both are numpy's functions, so the float64 gradient checks see
-exact calculus.
+polynomial, relative error below 3e-7. On float64 both are numpy's functions, so the
+float64 gradient checks see exact calculus.
 """
 
 import numpy as np
