@@ -88,7 +88,7 @@ def shape_run(config: RunConfig, start, dataset, resumed, training_state, ranks)
                                                                     config.model.seq_len)
     config = with_values(config, resolved)
     rows = config.batch_size if ranks is None else -(-config.batch_size // ranks.size)  # this process's share
-    check_memory(model, rows, config.model.seq_len, config.threads)
+    check_memory(model, rows, config.model.seq_len, config.threads, config.precision)
     layout = ParamLayout(model)
     if resumed:
         params = resumed.params

@@ -70,11 +70,14 @@ class RunState:
                    Plateau(float(best), int(stalled), int(reductions)))
 
 
-def estimate_memory(model: GPTConfig, batch_size: int, seq_len: int, threads: int) -> int:
-    """Bytes a run needs: each worker's activations, the parameters, optimizer moments and gradient segments."""
+def estimate_memory(model: GPTConfig, batch_size: int, seq_len: int, threads: int, precision: str = "fp32") -> int:
+    """Bytes a run needs: each worker's activations, the parameters, optimizer moments and gradient segments,
+    and with ``precision`` bf16 the workers' bfloat16 scratch and the bfloat16 copy of the parameters."""
     rows = -(-batch_size // threads)
     n_params = ParamLayout(model).size
-    return threads * activation_bytes(model, rows, seq_len) + 4 * n_params * (4 + threads + threads // 12)
+    copy16 = 2 * n_params if precision == "bf16" else 0
+    return (threads * activation_bytes(model, rows, seq_len, precision) + 4 * n_params * (4 + threads + threads // 12)
+            + copy16)
 
 
 def available_memory() -> int:
@@ -88,8 +91,8 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def check_memory(model: GPTConfig, batch_size: int, seq_len: int, threads: int) -> None:
-    needed, available = estimate_memory(model, batch_size, seq_len, threads), available_memory()
+def check_memory(model: GPTConfig, batch_size: int, seq_len: int, threads: int, precision: str = "fp32") -> None:
+    needed, available = estimate_memory(model, batch_size, seq_len, threads, precision), available_memory()
     if needed > 0.9 * available:
         raise UserError(f"this model and batch need about {needed / 2**30:.1f} GiB of memory but "
                         f"{available / 2**30:.1f} GiB are available; use a smaller --batch-size, --seq-len or model")
