@@ -132,7 +132,8 @@ def run(args) -> int:
     from ..distributed.ranks import join
     from .main import as_rank
 
-    ranks = join(args.step_timeout or BY_NAME["step_timeout"].default)
+    # the collectives' timeout is the run's: the option, else --config FILE's [service] step_timeout
+    ranks = join(given_values(args).get("step_timeout", BY_NAME["step_timeout"].default))
     if ranks is None:
         return train(args, None)
     configure(args.log_format, args.log_level, rank=ranks.rank)

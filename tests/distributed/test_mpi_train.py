@@ -143,12 +143,18 @@ def test_a_checkpoint_of_two_ranks_resumes_on_one_process_and_on_three_ranks(cor
             assert difference < 1e-4
 
 
-@pytest.mark.parametrize("how", ["killed", "frozen"])
+@pytest.mark.parametrize("how", ["killed", "frozen", "frozen, the timeout from --config"])
 def test_a_rank_killed_or_frozen_mid_run_ends_the_other_within_the_timeout(corpus, tmp_path, how):
     timeout = 5.0
     run = tmp_path / "run"
+    if how.endswith("--config"):
+        (tmp_path / "run.toml").write_text(f"[service]\nstep_timeout = {timeout}\n")
+        given = ("--config", tmp_path / "run.toml")
+        how = "frozen"
+    else:
+        given = ("--step-timeout", timeout)
     process = start_ranks(*train_args(corpus, run, tmp_path / "cache", 100_000, "--threads", "1",
-                                      "--checkpoint-interval", "20", "--step-timeout", timeout))
+                                      "--checkpoint-interval", "20", *given))
     pids = rank_pids(process)
     wait_for_checkpoint(process, run, 40)
     os.kill(pids[1], signal.SIGKILL if how == "killed" else signal.SIGSTOP)
