@@ -9,6 +9,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..logs import configure
 from ..training.config import DEFAULT_CACHE
+from .ctl_view import aligned
 from .options import positive_int
 
 
@@ -99,8 +100,7 @@ def table(figures: dict) -> str:
         rows = head + [("tokens", f"{figures['tokens']:,}"), ("loss", f"{figures['loss']:.4f}"),
                        ("perplexity", f"{figures['perplexity']:.2f}"),
                        ("accuracy", f"{100 * figures['accuracy']:.2f}%")]
-        width = max(len(label) for label, _ in rows)
-        return "\n".join(f"{label:<{width}}  {value}" for label, value in rows)
+        return aligned(rows)
     groups = [("all", figures)] + [(name, figures[name]) for name in ("answerable", "unanswerable") if name in figures]
     lines = [f"{label}: {value}" for label, value in head]
     lines.append(f"{'':<12}  {'questions':>9}  {'exact match':>11}  {'F1':>6}")

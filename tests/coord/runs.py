@@ -23,6 +23,17 @@ def events(stdout: str) -> list:
     return [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
 
 
+def refused(result, status: int, *fragments) -> str:
+    """The one line (led by ``cllm: error: ``, holding every fragment) with which `cllm` refused, exiting
+    ``status`` before any training; the line."""
+    assert result.returncode == status, result.stderr[-3000:]
+    assert result.stderr.count("\n") == 1 and result.stderr.endswith("\n"), result.stderr[-3000:]
+    line = result.stderr[:-1]
+    assert line.startswith("cllm: error: ") and all(f in line for f in fragments), line
+    assert not any(e["event"] == "train_started" for e in events(result.stdout))
+    return line
+
+
 def small_corpus(directory: Path, chars: int = 60_000) -> Path:
     path = directory / "corpus.txt"
     path.write_text(SHAKESPEARE.read_text()[:chars])

@@ -14,7 +14,7 @@ import structlog
 from cllm.coord.cli.main import build_parser
 from cllm.coord.logs import configure
 
-from .runs import TINY_MODEL, cllm, command, events, small_corpus
+from .runs import TINY_MODEL, cllm, command, events, refused, small_corpus
 
 
 def test_version_names_the_package_and_python():
@@ -103,9 +103,8 @@ def test_train_takes_its_settings_from_a_toml_file_and_options_override_it(tmp_p
 def test_a_bad_settings_file_is_one_line_and_status_2(tmp_path, text, message):
     config = tmp_path / "train.toml"
     config.write_text(text)
-    result = cllm("train", "--config", config, "--checkpoint-dir", tmp_path / "run")
-    assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith(f"cllm: error: {config}: ") and message in result.stderr, result.stderr
+    line = refused(cllm("train", "--config", config, "--checkpoint-dir", tmp_path / "run"), 2, message)
+    assert line.startswith(f"cllm: error: {config}: "), line
     assert not (tmp_path / "run").exists()
 
 
@@ -192,7 +191,6 @@ def test_the_prompt_comes_from_a_file_or_standard_input(journal_run, tmp_path):
     assert generate(run, "--prompt-file", prompt, "--seed", 1) == expected
     assert generate(run, "--prompt-file", "-", "--seed", 1, stdin="ROMEO:\nWhat") == expected
     prompt.write_bytes(b"ROMEO\xff")
-    refused = cllm("generate", run, "--prompt-file", prompt)
-    assert refused.returncode == 2 and "is not UTF-8 text" in refused.stderr and refused.stderr.count("\n") == 1
+    refused(cllm("generate", run, "--prompt-file", prompt), 2, "is not UTF-8 text")
     both = cllm("generate", run, "--prompt-file", prompt, "--prompt", "x")
     assert both.returncode == 2 and "not allowed with argument" in both.stderr

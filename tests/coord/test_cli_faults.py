@@ -11,20 +11,12 @@ import pytest
 
 from cllm.coord.checkpoints.store import list_checkpoints
 
-from .runs import TINY_MODEL, cllm, command, events, small_corpus
+from .runs import TINY_MODEL, cllm, command, events, refused, small_corpus
 
 
 def train(corpus, run, *extra, steps=4):
     return cllm("train", corpus, *TINY_MODEL, "--steps", steps, "--threads", 1, "--checkpoint-dir", run,
                 "--cache-dir", run.parent / "cache", *extra)
-
-
-def refused(result, status: int, *fragments) -> str:
-    assert result.returncode == status, result.stderr[-3000:]
-    (line,) = result.stderr.strip().splitlines()
-    assert line.startswith("cllm: error: ") and all(f in line for f in fragments), line
-    assert not any(e["event"] == "train_started" for e in events(result.stdout))
-    return line
 
 
 def test_a_checkpoint_dir_that_is_a_file_is_refused_before_training(tmp_path):
@@ -141,7 +133,5 @@ def test_resume_passes_over_a_damaged_latest_checkpoint_with_one_warning(tmp_pat
 @pytest.mark.parametrize("args", [["train", "no\nsuch.txt", "--steps", "1"], ["generate", "no\nrun", "--prompt", "a"]],
                          ids=["train", "generate"])
 def test_a_path_with_a_line_break_is_still_one_line(args):
-    result = cllm(*args)
-    assert result.returncode == 2
-    (line,) = result.stderr.strip().splitlines()
+    line = refused(cllm(*args), 2)
     assert "no\\nsuch.txt" in line or "no\\nrun" in line

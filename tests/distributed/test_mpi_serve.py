@@ -3,9 +3,7 @@
 import json
 import os
 import signal
-import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,15 +15,9 @@ from ..service.daemon import Daemon, write_config
 from .mpirun import mpiexec_path
 
 
-def notify_socket():
-    path = os.path.join(tempfile.mkdtemp(dir="/tmp"), "notify")  # AF_UNIX paths must be short
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(path)
-    sock.settimeout(0.2)
-    return path, sock
-
-
 def received(sock) -> list:
+    """The datagrams that have arrived: read until 0.2 s pass without one."""
+    sock.settimeout(0.2)
     got = []
     while True:
         try:
@@ -34,10 +26,10 @@ def received(sock) -> list:
             return got
 
 
-def test_the_daemon_on_two_ranks_is_steered_through_rank_0(tmp_path):
+def test_the_daemon_on_two_ranks_is_steered_through_rank_0(tmp_path, notify_socket):
     config = write_config(tmp_path, checkpoint_interval=1000)
     config.write_text(config.read_text().replace("threads = 2", "threads = 1"))
-    notify_path, notify = notify_socket()
+    notify_path, notify = notify_socket
     daemon = Daemon(config, env={"NOTIFY_SOCKET": notify_path}, launcher=(mpiexec_path(), "-n", "2"))
     try:
         daemon.wait_for_step(10)

@@ -5,7 +5,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import pytest
 
 from cllm.coord.checkpoints.store import list_checkpoints, load_checkpoint
 
+from ..coord.runs import cllm, command, small_corpus
 from .mpirun import json_lines, mpiexec, mpiexec_path, script
 
-SHAKESPEARE = Path(__file__).resolve().parents[3] / "shared" / "data" / "tinyshakespeare.txt"
 TINY = ["--embed-dim", "32", "--num-layers", "2", "--num-heads", "2", "--seq-len", "32", "--batch-size", "7",
         "--dropout", "0.1", "--eval-interval", "10", "--eval-batches", "2",
         "--log-format", "json"]
@@ -34,8 +33,7 @@ def cllm_ranks(*args, n: int = 2, timeout: float = 300):
 
 
 def cllm_alone(*args, timeout: float = 300):
-    run = subprocess.run([sys.executable, "-m", "cllm.coord", *map(str, args)], capture_output=True, text=True,
-                         timeout=timeout)
+    run = cllm(*args, timeout=timeout)
     assert run.returncode == 0, run.stderr
     return run
 
@@ -46,9 +44,7 @@ def final_params(run: Path) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(SHAKESPEARE.read_text()[:60_000])
-    return path
+    return small_corpus(tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +84,8 @@ def test_two_ranks_accumulating_micro_steps_train_the_weights_of_one_process_bit
 
 
 def start_ranks(*args, n: int = 2) -> subprocess.Popen:
-    return subprocess.Popen([mpiexec_path(), "-n", str(n), sys.executable, "-m", "cllm.coord", *map(str, args)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([mpiexec_path(), "-n", str(n), *command(*args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def rank_pids(process: subprocess.Popen) -> dict:

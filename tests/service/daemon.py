@@ -8,6 +8,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 from cllm.protocol.control import ControlRequest, decode_reply, encode_request
@@ -52,6 +53,20 @@ def write_config(directory: Path, steps=100000, eval_interval=0, checkpoint_inte
     path.write_text(CONFIG.format(steps=steps, eval_interval=eval_interval, checkpoint_interval=checkpoint_interval,
                                   socket=sock))
     return path
+
+
+def free_port() -> int:
+    """A loopback TCP port no one listens on, for the daemon's metrics."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def scrape(port: int) -> dict:
+    """{sample with its labels: value} of the Prometheus text served on ``port``."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+            if not line.startswith("#")}
 
 
 class Daemon:

@@ -12,7 +12,7 @@ from importlib import metadata
 
 from cllm.coord.checkpoints.store import list_checkpoints
 
-from .daemon import Daemon, write_config
+from .daemon import Daemon, free_port, scrape, write_config
 
 
 def datagrams(sock, until, timeout=60.0):
@@ -216,23 +216,13 @@ def test_a_bad_configuration_is_refused_at_start(tmp_path):
 
 
 def test_prometheus_metrics_follow_the_daemon(tmp_path):
-    import urllib.request
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     config = write_config(tmp_path, checkpoint_interval=5)
     config.write_text(config.read_text() + f"\n[metrics]\nenabled = true\nport = {port}\n")
-
-    def scrape() -> dict:
-        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-        return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                if not line.startswith("#")}
-
     daemon = Daemon(config)
     try:
         daemon.wait_for_step(20)
-        values = scrape()
+        values = scrape(port)
         assert values["cllm_steps_total"] >= 20 and values["cllm_workers"] == 2
         assert values["cllm_step"] >= 20 and values["cllm_epoch"] >= 0
         assert 0 <= values["cllm_checkpoint_age_seconds"] < 60
@@ -242,7 +232,7 @@ def test_prometheus_metrics_follow_the_daemon(tmp_path):
         assert values['cllm_jobs{status="running"}'] == 1 and values['cllm_jobs{status="queued"}'] == 0
         assert daemon.ctl("pause")["ok"]
         deadline = time.monotonic() + 30
-        while scrape()["cllm_paused"] != 1:
+        while scrape(port)["cllm_paused"] != 1:
             assert time.monotonic() < deadline, "cllm_paused never became 1"
             time.sleep(0.2)
         assert daemon.ctl("resume")["ok"]
@@ -252,9 +242,9 @@ def test_prometheus_metrics_follow_the_daemon(tmp_path):
     try:
         saved = again.wait_for(lambda e: e["event"] == "resumed")["step"]
         assert saved >= 20 and again.wait_for(lambda e: e["event"] == "job_started")["step"] == saved
-        values = scrape()
+        values = scrape(port)
         assert values["cllm_step"] >= saved and values["cllm_steps_total"] <= values["cllm_step"] - saved + 1
         again.wait_for_step(saved + 3)
-        assert scrape()["cllm_step"] >= saved + 3  # the run's step, not this process's count
+        assert scrape(port)["cllm_step"] >= saved + 3  # the run's step, not this process's count
     finally:
         assert again.stop() == 0

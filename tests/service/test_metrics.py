@@ -1,23 +1,13 @@
 """Prometheus metrics served on loopback."""
 
 import socket
-import urllib.request
 
 import pytest
 
 from cllm.coord.errors import UserError
 from cllm.coord.service.metrics import Metrics
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def scrape(port: int) -> dict:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines() if not line.startswith("#")}
+from .daemon import free_port, scrape
 
 
 def test_metrics_follow_the_training():

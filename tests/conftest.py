@@ -1,3 +1,5 @@
+"""Fixtures shared by the tests of every layer."""
+
 import os
 import socket
 import tempfile
