@@ -14,7 +14,7 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, overload, register_jitable
 
 from .jit import FASTMATH
 
@@ -63,6 +63,13 @@ def int32_bits_as_float32(typingctx, x):
     return sig, codegen
 
 
+@register_jitable
+def pow2(n):
+    # 2**n for a whole float32 n in [-127, 128], written into the exponent bits: the last step of exp and
+    # exp2 after their range reductions. -127 gives 0 (exp2's underflow) and 128 gives inf (both overflow)
+    return int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
 def exp(x):
     """e**x: fast on float32, ``np.exp`` otherwise (compiled only inside kernels)."""
     return np.exp(x)
@@ -86,7 +93,7 @@ def exp_impl(x):
         p = p * r + C2
         p = p * r + np.float32(1.0)
         p = p * r + np.float32(1.0)
-        return p * int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+        return p * pow2(n)
 
     return fast_exp
 
@@ -106,6 +113,6 @@ def exp2_impl(t):
         n = np.rint(t)
         f = t - n
         p = ((((D5 * f + D4) * f + D3) * f + D2) * f + D1) * f + np.float32(1.0)
-        return p * int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+        return p * pow2(n)
 
     return fast_exp2
