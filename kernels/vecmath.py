@@ -81,10 +81,7 @@ def exp_impl(x):
         return lambda x: np.exp(x)
 
     def fast_exp(x):
-        # min/max would turn NaN into a bound: keep it NaN, the trainer must see it
-        if x != x:
-            return x
-        x = min(max(x, EXP_LO), EXP_HI)
+        x = min(max(x, EXP_LO), EXP_HI)  # numba's min and max keep a NaN x: the result stays NaN
         n = np.floor(x * LOG2E + np.float32(0.5))
         r = x - n * LN2_HI - n * LN2_LO
         p = C6 * r + C5
