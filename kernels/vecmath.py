@@ -18,7 +18,7 @@ from numba.extending import intrinsic, overload, register_jitable
 
 from .jit import FASTMATH
 
-LOG2E = np.float32(1.4426950408889634)
+LOG2E = 1.4426950408889634  # log2(e); the kernels take it in their dtype
 LN2_HI = np.float32(0.693145751953125)  # ln 2 split so that n * LN2_HI is exact
 LN2_LO = np.float32(1.4286068203094173e-06)
 EXP_LO = np.float32(-87.3)  # below this exp underflows float32; above EXP_HI it overflows
@@ -82,7 +82,7 @@ def exp_impl(x):
 
     def fast_exp(x):
         x = min(max(x, EXP_LO), EXP_HI)  # numba's min and max keep a NaN x: the result stays NaN
-        n = np.floor(x * LOG2E + np.float32(0.5))
+        n = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
         r = x - n * LN2_HI - n * LN2_LO
         p = C6 * r + C5
         p = p * r + C4
