@@ -11,9 +11,8 @@ import numpy as np
 
 from .jit import kernel
 from .precision import FIRST, FLOAT32, SECOND
-from .vecmath import exp2, maxnum
+from .vecmath import LOG2E, exp2, maxnum
 
-LOG2E = 1.4426950408889634
 # exp(x - mx) = 2**(x * log2e + shift), shift = -mx * log2e: one fused multiply-add per entry.
 # The rounding of shift scales every entry of the row alike, so it cancels in the softmax; the
 # loss takes back the shift actually used, in float64: log(total) - shift / log2e.

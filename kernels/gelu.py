@@ -15,11 +15,10 @@ import math
 import numpy as np
 
 from .jit import kernel
-from .vecmath import exp2
+from .vecmath import LOG2E, exp2
 
 GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBE = 0.044715
-LOG2E = 1.4426950408889634
 T1, T3 = -2.0 * GELU_SCALE * LOG2E, -2.0 * GELU_SCALE * GELU_CUBE * LOG2E  # -2u * log2(e) = x * (T1 + T3 x^2)
 X_MIN = -7.0  # the backward takes x below this as X_MIN: the derivative there is under 4e-14, and e, s and
 # their products stay inside float32's normal range (at x = -200, e * s * s would be inf * 0)

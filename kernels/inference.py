@@ -80,15 +80,9 @@ class KVCache:
 def step(w: Tensors, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
     """Run ``tokens`` (n,) int at positions cache.length.. ; returns their logits (n,V)."""
     cfg = cache.cfg
-    n, start = len(tokens), cache.length
+    n, C, start = len(tokens), cfg.n_embd, cache.length
     if start + n > cfg.block_size:
         raise ValueError(f"{start + n} positions exceed the model's context of {cfg.block_size}")
-    return forward_cached(w, cache, tokens)
-
-
-def forward_cached(w: Tensors, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
-    cfg = cache.cfg
-    n, C, start = len(tokens), cfg.n_embd, cache.length
     x = w.wte[tokens] + w.wpe[start:start + n]
     ln = np.empty((n, C), np.float32)
     mean, rstd = np.empty(n, np.float32), np.empty(n, np.float32)

@@ -14,11 +14,11 @@ import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic, overload
+from numba.extending import intrinsic, overload, register_jitable
 
 from .jit import FASTMATH
 
-LOG2E = np.float32(1.4426950408889634)
+LOG2E = 1.4426950408889634  # log2(e); the kernels take it in their dtype
 LN2_HI = np.float32(0.693145751953125)  # ln 2 split so that n * LN2_HI is exact
 LN2_LO = np.float32(1.4286068203094173e-06)
 EXP_LO = np.float32(-87.3)  # below this exp underflows float32; above EXP_HI it overflows
@@ -63,6 +63,13 @@ def int32_bits_as_float32(typingctx, x):
     return sig, codegen
 
 
+@register_jitable
+def pow2(n):
+    # 2**n for a whole float32 n in [-127, 128], written into the exponent bits: the last step of exp and
+    # exp2 after their range reductions. -127 gives 0 (exp2's underflow) and 128 gives inf (both overflow)
+    return int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+
+
 def exp(x):
     """e**x: fast on float32, ``np.exp`` otherwise (compiled only inside kernels)."""
     return np.exp(x)
@@ -74,11 +81,8 @@ def exp_impl(x):
         return lambda x: np.exp(x)
 
     def fast_exp(x):
-        # min/max would turn NaN into a bound: keep it NaN, the trainer must see it
-        if x != x:
-            return x
-        x = min(max(x, EXP_LO), EXP_HI)
-        n = np.floor(x * LOG2E + np.float32(0.5))
+        x = min(max(x, EXP_LO), EXP_HI)  # numba's min and max keep a NaN x: the result stays NaN
+        n = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
         r = x - n * LN2_HI - n * LN2_LO
         p = C6 * r + C5
         p = p * r + C4
@@ -86,7 +90,7 @@ def exp_impl(x):
         p = p * r + C2
         p = p * r + np.float32(1.0)
         p = p * r + np.float32(1.0)
-        return p * int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+        return p * pow2(n)
 
     return fast_exp
 
@@ -106,6 +110,6 @@ def exp2_impl(t):
         n = np.rint(t)
         f = t - n
         p = ((((D5 * f + D4) * f + D3) * f + D2) * f + D1) * f + np.float32(1.0)
-        return p * int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
+        return p * pow2(n)
 
     return fast_exp2

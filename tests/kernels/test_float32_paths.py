@@ -1,4 +1,4 @@
-"""The float32 fast paths (the polynomial 2**x, GELU through it, the vectorised row max)
+"""The float32 fast paths (the polynomials e**x and 2**x, GELU through 2**x, the vectorised row max)
 against the float64 formulas they stand for, at the edges as well as inside."""
 
 import math
@@ -9,7 +9,7 @@ import pytest
 
 from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward, row_max
 from cllm.kernels.gelu import gelu_backward, gelu_forward
-from cllm.kernels.vecmath import exp2
+from cllm.kernels.vecmath import exp, exp2
 
 
 @numba.njit
@@ -29,6 +29,24 @@ def test_exp2_is_within_3e_7_relative_and_keeps_nan_and_the_infinities():
     exp2_all(out, edges)
     assert np.isnan(out[0])
     assert list(out[1:]) == [0.0, np.inf, 0.0, np.inf, np.inf, 1.0]
+
+
+@numba.njit
+def exp_all(out, x):
+    for i in range(x.shape[0]):
+        out[i] = exp(x[i])
+
+
+def test_exp_is_within_4e_7_relative_keeps_nan_and_overflows_to_inf():
+    x = np.linspace(-87.0, 88.0, 1_000_001).astype(np.float32)
+    out = np.empty_like(x)
+    exp_all(out, x)
+    assert np.max(np.abs(out / np.exp(x.astype(np.float64)) - 1)) < 4e-7
+    edges = np.array([np.nan, np.inf, 200.0, 0.0, -np.inf], np.float32)
+    out = np.empty_like(edges)
+    exp_all(out, edges)
+    assert np.isnan(out[0])
+    assert list(out[1:4]) == [np.inf, np.inf, 1.0] and 0.0 <= out[4] < 2e-38
 
 
 def test_float32_gelu_new_is_within_float32_rounding_of_the_float64_formula_forward_and_backward():
