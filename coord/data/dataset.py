@@ -93,7 +93,7 @@ def stage_corpus(path, include, exclude, max_bytes, staging: Scratch, leave_out:
             start, start_written, size, length = out.tell(), written, 0, 0
             hashed = hashlib.sha256()
             try:
-                for piece in document.pieces():
+                for piece in filter(None, document.pieces()):  # an empty document adds no separator
                     if size == 0 and count:
                         out.write(EOS.encode("utf-8"))
                         written += len(EOS)
