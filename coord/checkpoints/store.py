@@ -64,7 +64,8 @@ class Checkpoint(NamedTuple):
 
 class TrainingState(NamedTuple):
     """What a checkpoint keeps for resuming: optimizer moments and step, the run's counters
-    (step, best_val, best_step, evals_since_best, bad_in_row) and the run's settings by name."""
+    (step, best_val, best_step, evals_since_best, bad_in_row, then the plateau schedule's best, stalled and
+    reductions; a checkpoint written before that schedule has the first five) and the run's settings by name."""
 
     optimizer_state: np.ndarray
     optimizer_step: int

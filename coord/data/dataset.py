@@ -86,14 +86,14 @@ def stage_corpus(path, include, exclude, max_bytes, staging: Scratch, leave_out:
     The digest covers each file's name and each document's length and sha256, in order; a
     document whose file turns out unusable part-way is cut back out of the staging text."""
     digest = hashlib.sha256()
-    count = chars = written = 0  # documents; their characters; characters of the staging text
+    count = written = 0  # documents with text; characters of the staging text
     shards = []
     with open(staging.fd, "wb", closefd=False) as out:
         for document in iter_documents(path, include, exclude, max_bytes, leave_out=leave_out):
             start, start_written, size, length = out.tell(), written, 0, 0
             hashed = hashlib.sha256()
             try:
-                for piece in document.pieces():
+                for piece in filter(None, document.pieces()):  # an empty document adds no separator
                     if size == 0 and count:
                         out.write(EOS.encode("utf-8"))
                         written += len(EOS)
@@ -114,8 +114,7 @@ def stage_corpus(path, include, exclude, max_bytes, staging: Scratch, leave_out:
                     digest.update(b"f" + hashlib.sha256(document.file.encode("utf-8", "surrogateescape")).digest())
                 digest.update(b"d" + size.to_bytes(8, "little") + hashed.digest())
                 count += 1
-                chars += length
-    if count == 0 or chars == 0:
+    if count == 0:
         where = path if path is not None else "the default corpus"
         raise UserError(f"{where} holds no text (empty, or every file was skipped); give a corpus with text")
     return digest.hexdigest(), count, shards

@@ -133,6 +133,7 @@ class Trainer:
         self.val_batches = dataset.val_batches(config.batch_size, self.seq_len, config.eval.batches)
         self.stop_reason = None
         self.last_val_loss = self.last_val_accuracy = None
+        self.evaluated = None  # the step of the last evaluation
         self.waiting = {}  # control message id -> future answered at the step boundary
         self.pause_wanted = None  # a future answered once the run has paused
         self.resumed = asyncio.Event()
@@ -218,7 +219,9 @@ class Trainer:
                 break
         if self.progress is not None:
             self.progress.close()
-        val_loss = await self.evaluate_and_track()
+        # a run stopped at an evaluation's boundary has this step's validation loss: counting it again would
+        # add a stall to the patience and plateau counters that a resumed run would not have
+        val_loss = self.last_val_loss if self.evaluated == s.step else await self.evaluate_and_track()
         path = self.checkpoint(best=s.best_step == s.step, required=True)
         elapsed = time.perf_counter() - started
         summary = {"step": s.step, "loss": last.loss if last else math.nan, "val_loss": val_loss,
@@ -313,7 +316,7 @@ class Trainer:
         counter."""
         s = self.state
         val_loss, val_accuracy = await self.node.evaluate(self.val_batches)
-        self.last_val_loss, self.last_val_accuracy = val_loss, val_accuracy
+        self.last_val_loss, self.last_val_accuracy, self.evaluated = val_loss, val_accuracy, s.step
         if val_loss < s.best_val:
             s.best_val, s.best_step, s.evals_since_best = val_loss, s.step, 0
         else:

@@ -115,6 +115,14 @@ def test_documents_are_separated_by_the_end_of_text_token(tmp_path, kind):
     assert not any("endoftext" in token for token in tokenizer.library_tokenizer().get_vocab() if token != EOS)
 
 
+def test_an_empty_document_adds_no_separator(tmp_path):
+    # the cache key covers the documents with text only: an empty one between them must leave the stream as is
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text('{"text": "one"}\n{"text": ""}\n{"text": "two"}\n')
+    data = prepare_dataset(jsonl, "char", 0, tmp_path / "cache", val_fraction=0.0)
+    assert data.tokenizer.decode(data.tokens) == f"one{EOS}two"
+
+
 def test_include_and_exclude_globs(tmp_path):
     make_tree(tmp_path)
     assert texts(tmp_path, include=("*.txt",)) == ["first file", "third file"]

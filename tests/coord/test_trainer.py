@@ -76,6 +76,16 @@ async def test_early_stopping_after_patience_evaluations_without_improvement(dat
     assert json.loads((tmp_path / "run" / "best.json").read_text())["checkpoint"] == "checkpoint-00000005"
 
 
+async def test_a_run_stopped_at_an_evaluation_counts_that_evaluation_once(dataset, tmp_path):
+    # evaluations at 5 (the best), 10 and 15 (no better): patience 2 stops the run at 15, whose evaluation must
+    # not be counted again at the run's end, or a run resumed from its checkpoint would count one stall too many
+    t = trainer(dataset, tmp_path / "run", steps=100, eval_interval=5, patience=2, learning_rate=0.0,
+                lr_schedule="plateau", lr_patience=3)
+    summary = await t.run()
+    assert summary["step"] == 15 and summary["val_loss"] == t.state.best_val
+    assert (t.state.evals_since_best, t.state.plateau.stalled) == (2, 2)
+
+
 async def test_evaluation_tracks_the_best_checkpoint(dataset, tmp_path):
     t = trainer(dataset, tmp_path / "run", steps=40, eval_interval=10, checkpoint_interval=10, keep_checkpoints=1)
     summary = await t.run()
