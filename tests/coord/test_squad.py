@@ -9,7 +9,7 @@ import pytest
 from cllm.coord.data.corpus import squad_prompt
 from cllm.coord.inference.squad import Question, f1, normalize, read_squad, score
 
-from .runs import TINY_MODEL, cllm
+from .runs import TINY_MODEL, cllm, refused
 
 CONTEXT_1 = ("Super Bowl 50 was played on February 7, 2016, at Levi's Stadium in Santa Clara, California. "
              "The Denver Broncos won a gold medal.")
@@ -82,8 +82,7 @@ def test_a_v1_file_has_no_unanswerable_breakdown(tmp_path):
 def test_a_file_that_is_not_squad_is_one_line(tmp_path, text, message):
     path = tmp_path / "bad.json"
     path.write_text(text)
-    result = cllm("eval", tmp_path / "nowhere", "--squad", path)
-    assert result.returncode == 2 and result.stderr.count("\n") == 1 and message in result.stderr, result.stderr
+    refused(cllm("eval", tmp_path / "nowhere", "--squad", path), 2, message)
 
 
 @pytest.fixture(scope="module")
