@@ -185,7 +185,7 @@ class Ranks:
         if not failed:
             return
         user, text = failures[failed[0]]
-        if len(failed) < self.size or len({found for found in failures}) > 1:
+        if len(failed) < self.size or len(set(failures)) > 1:
             text = f"on rank {failed[0]}: {text}"
         error = (UserError if user else OperationalError)(text)
         error.agreed = True
