@@ -87,42 +87,76 @@ def tile_product(typingctx, pairs, a_panel, b_panel, c, ldc, add):
 
 @kernel
 def pack(src, first, count, k0, kc, width, out):
-    # rows first..first+count of src (X,K) (bfloat16, uint16), k in k0..k0+kc, into panels of ``width`` rows: word
-    # out[(panel * pairs + p) * width + r] holds src[x, k0+2p] low and src[x, k0+2p+1] high, x =
-    # first + panel * width + r; zero past the last row and the last k
+    # rows first..first+count of src (X,K) (bfloat16), k in k0..k0+kc, into panels of ``width``
+    # rows: word out[(panel * pairs + p) * width + r] holds src[x, k0+2p] low and src[x, k0+2p+1]
+    # high, x = first + panel * width + r; zero past the last row and the last k. Each word is
+    # built from two k-rows of the transposed source, a vectorisable interleave along x.
+    t = src.T
     pairs = (kc + 1) // 2
-    panels = (count + width - 1) // width
-    along_k = src.strides[1] == src.itemsize
-    for panel in range(panels):
+    stop = first + count
+    for panel in range((count + width - 1) // width):
         base = panel * pairs * width
-        for r in range(width):
-            x = first + panel * width + r
-            if x >= first + count:
-                for p in range(pairs):
-                    out[base + p * width + r] = 0
-        if along_k:
-            for r in range(min(width, count - panel * width)):
-                x = first + panel * width + r
-                for p in range(kc // 2):
-                    k = k0 + 2 * p
-                    out[base + p * width + r] = np.uint32(src[x, k]) | (np.uint32(src[x, k + 1]) << np.uint32(16))
-                if kc % 2:
-                    out[base + (pairs - 1) * width + r] = np.uint32(src[x, k0 + kc - 1])
-        else:
-            rows = min(width, count - panel * width)
-            x0 = first + panel * width
+        x0 = first + panel * width
+        if x0 + width <= stop:
             for p in range(kc // 2):
-                k = k0 + 2 * p
-                for r in range(rows):
-                    out[base + p * width + r] = np.uint32(src[x0 + r, k]) | (np.uint32(src[x0 + r, k + 1]) << np.uint32(16))
+                lo, hi = t[k0 + 2 * p, x0:x0 + width], t[k0 + 2 * p + 1, x0:x0 + width]
+                block = out[base + p * width:base + (p + 1) * width]
+                for r in range(width):
+                    block[r] = np.uint32(lo[r]) | (np.uint32(hi[r]) << np.uint32(16))
             if kc % 2:
-                for r in range(rows):
-                    out[base + (pairs - 1) * width + r] = np.uint32(src[x0 + r, k0 + kc - 1])
+                lo = t[k0 + kc - 1, x0:x0 + width]
+                block = out[base + (pairs - 1) * width:base + pairs * width]
+                for r in range(width):
+                    block[r] = np.uint32(lo[r])
+            continue
+        for p in range(pairs):
+            for r in range(width):
+                x, k = x0 + r, k0 + 2 * p
+                word = np.uint32(0)
+                if x < stop:
+                    word = np.uint32(t[k, x])
+                    if 2 * p + 1 < kc:
+                        word |= np.uint32(t[k + 1, x]) << np.uint32(16)
+                out[base + p * width + r] = word
 
 
 @kernel
-def product(out, a, bt, accumulate, a_packed, b_packed, tile):
-    # out (M,N) (+)= a (M,K) @ bt.T, bt (N,K); scratch: a_packed >= MC*KC/2 words, b_packed >=
+def pack_words(words, first, count, p0, pairs, width, out):
+    # pack's panels from words (X,K/2), src viewed as uint32 when its rows run along k and K is
+    # even: each word already holds its pair, so a panel is a transpose of whole words
+    stop = first + count
+    for panel in range((count + width - 1) // width):
+        base = panel * pairs * width
+        for r in range(width):
+            x = first + panel * width + r
+            if x < stop:
+                row = words[x, p0:p0 + pairs]
+                for p in range(pairs):
+                    out[base + p * width + r] = row[p]
+            else:
+                for p in range(pairs):
+                    out[base + p * width + r] = 0
+
+
+@kernel
+def pack_a(src, words, first, count, k0, kc, out):
+    if words.shape[0]:
+        pack_words(words, first, count, k0 // 2, kc // 2, MR, out)
+    else:
+        pack(src, first, count, k0, kc, MR, out)
+
+
+@kernel
+def pack_b(src, words, first, count, k0, kc, out):
+    if words.shape[0]:
+        pack_words(words, first, count, k0 // 2, kc // 2, NR, out)
+    else:
+        pack(src, first, count, k0, kc, NR, out)
+
+
+@kernel
+def product(out, a, a_words, bt, bt_words, accumulate, a_packed, b_packed, tile):
+    # out (M,N) (+)= a (M,K) @ bt.T, bt (N,K), each with its words (see pack_words) or an empty (0,0); scratch: a_packed >= MC*KC/2 words, b_packed >=
     # ceil(N/NR)*NR*KC/2 words, tile (MR,NR) float32
     M, N = out.shape
     K = a.shape[1]
@@ -131,11 +165,11 @@ def product(out, a, bt, accumulate, a_packed, b_packed, tile):
     for k0 in range(0, K, KC):
         kc = min(KC, K - k0)
         pairs = (kc + 1) // 2
-        pack(bt, 0, N, k0, kc, NR, b_packed)
+        pack_b(bt, bt_words, 0, N, k0, kc, b_packed)
         add = 1 if accumulate or k0 > 0 else 0
         for i0 in range(0, M, MC):
             mc = min(MC, M - i0)
-            pack(a, i0, mc, k0, kc, MR, a_packed)
+            pack_a(a, a_words, i0, mc, k0, kc, a_packed)
             for jp in range(b_panels):
                 j = jp * NR
                 b_panel = b_packed[jp * pairs * NR:].ctypes.data
@@ -168,8 +202,20 @@ class Scratch:
             if not accumulate:
                 out[...] = 0.0
             return
-        words = -(-N // NR) * NR * (KC // 2)
-        if self.b.size < words:
-            self.b = np.zeros(words, np.uint32)
-        product(out, a, b.T, accumulate, self.a, self.b, self.tile)
+        size = -(-N // NR) * NR * (KC // 2)
+        if self.b.size < size:
+            self.b = np.zeros(size, np.uint32)
+        bt = b.T
+        product(out, a, words(a), bt, words(bt), accumulate, self.a, self.b, self.tile)
 
+
+NO_WORDS = np.zeros((0, 0), np.uint32)
+
+
+def words(x: np.ndarray) -> np.ndarray:
+    """x (X,K) bfloat16 viewed as (X,K/2) uint32 words of k-pairs when its rows run along k, K is
+    even and every row starts on a 4-byte boundary; an empty array otherwise."""
+    if (x.shape[1] % 2 or x.strides[1] != x.itemsize or x.strides[0] % 4 or x.ctypes.data % 4
+            or x.shape[0] == 0 or x.shape[1] == 0):
+        return NO_WORDS
+    return x.view(np.uint32)
