@@ -185,6 +185,11 @@ def product(out, a, a_words, bt, bt_words, accumulate, a_packed, b_packed, tile)
                             out[i + r, j + n] = out[i + r, j + n] + tile[r, n] if add else tile[r, n]
 
 
+def packing_bytes(widest: int) -> int:
+    """Memory of a ``Scratch`` whose widest product has ``widest`` output columns."""
+    return 4 * (MC * KC // 2 + -(-widest // NR) * NR * (KC // 2) + MR * NR)
+
+
 class Scratch:
     """One worker's packing buffers, grown to the largest product it has run."""
 
