@@ -15,7 +15,7 @@ memory is its own), CLLM and PyTorch alternating:
 - ns per element of the element-wise and reduction kernels against a memory-bandwidth bound
   (a copy of the same bytes) and PyTorch's kernels on one thread;
 - peak memory of a training step at growing context (attention is linear in T);
-- the seconds before the first step with an empty numba cache, and with a warm one.
+- the seconds before the first step with an empty numba cache, and with a warm one (fp32, and bf16).
 """
 
 import argparse
@@ -264,20 +264,27 @@ def context_memory(T: int) -> dict:
             "activations_mib": activation_bytes(cfg, rows, T) / 2**20, "step_s": seconds}
 
 
-def first_step() -> dict:
+def first_step(precision: str = "fp32") -> dict:
     """Import, compile (or load from the cache) and run one forward_backward and AdamW update of config A."""
     import numpy as np
 
     from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward_backward, init_params
     from cllm.kernels.optim import adamw_update
+    from cllm.kernels.precision import Weights16
 
     C, L, H, T, B = CONFIGS["A"]
     cfg = GPTConfig(vocab_size=VOCAB, block_size=T, n_layer=L, n_head=H, n_embd=C)
     layout = ParamLayout(cfg)
     params, grad = init_params(cfg, seed=0), np.zeros(layout.size, np.float32)
+    weights = layout.tensors(params)
+    if precision == "bf16":
+        rounded = Weights16(layout)
+        rounded.refresh(params)
+        weights = rounded.tensors(weights)
     rng = np.random.default_rng(0)
     tokens, targets = (rng.integers(0, VOCAB, size=(B // 2, T)).astype(np.int32) for _ in range(2))
-    forward_backward(layout.tensors(params), layout.tensors(grad), Activations(cfg, B // 2, T), tokens, targets, 1.0)
+    forward_backward(weights, layout.tensors(grad), Activations(cfg, B // 2, T, precision=precision), tokens, targets,
+                     1.0)
     adamw_update(params, grad, np.zeros_like(params), np.zeros_like(params), 1e-3, 0.9, 0.95, 1e-8, 0.0, 1, 1.0)
     return {}
 
@@ -359,12 +366,13 @@ def main(argv=None) -> int:
     for T in (256, 1024, 2048):
         row = child("context", T)
         print(f"{T:>7} {row['peak_rss_mib']:>13.0f} {row['activations_mib']:>16.0f} {row['step_s']:>7.2f}")
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        cold = child("first_step", env=env)["wall_s"]
-        warm = child("first_step", env=env)["wall_s"]
-    print(f"\nnumba: process start to the end of a first forward_backward and AdamW update (config A, 16 rows) "
-          f"took {cold:.1f} s with an empty cache, {warm:.1f} s with a warm one")
+    for precision in ("fp32", "bf16") if bf16 else ("fp32",):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            cold = child("first_step", precision, env=env)["wall_s"]
+            warm = child("first_step", precision, env=env)["wall_s"]
+        print(f"\nnumba, {precision}: process start to the end of a first forward_backward and AdamW update (config A, "
+              f"16 rows) took {cold:.1f} s with an empty cache, {warm:.1f} s with a warm one")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 
