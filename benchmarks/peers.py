@@ -9,8 +9,9 @@ memory is its own), CLLM and PyTorch alternating:
 - the numpy sgemm peak (2048^3, float32) on 1 and 2 threads;
 - per configuration and thread count, training tokens/s of CLLM (Node Zero, real data) in fp32,
   and in bf16 where the CPU has bfloat16 products (``--precision bf16``), and of PyTorch 2.x fp32
-  eager (benchmarks/torch_gpt.py, SDPA attention, same step: forward, backward, clip, AdamW),
-  the ratios, MFU = FLOPs per token x tokens/s / sgemm peak (fp32), peak RSS;
+  eager (benchmarks/torch_gpt.py, SDPA attention, same step: forward, backward, clip, AdamW), and
+  with bf16 also PyTorch under CPU autocast to bfloat16; the ratios of each precision to PyTorch's
+  in fp32 and bf16, MFU = FLOPs per token x tokens/s / sgemm peak (fp32 runs), peak RSS;
 - the share of each kernel in one worker's forward_backward;
 - ns per element of the element-wise and reduction kernels against a memory-bandwidth bound
   (a copy of the same bytes) and PyTorch's kernels on one thread;
@@ -96,7 +97,7 @@ def train_cllm(name: str, threads: int, steps: int, precision: str = "fp32") -> 
     return {"tokens_per_s": row["tokens_per_s"], "peak_rss_mib": row["peak_rss_mib"], "vocab": row["vocab_size"]}
 
 
-def train_torch(name: str, threads: int, steps: int) -> dict:
+def train_torch(name: str, threads: int, steps: int, precision: str = "fp32") -> dict:
     import torch
 
     sys.path.insert(0, str(HERE))
@@ -108,11 +109,12 @@ def train_torch(name: str, threads: int, steps: int) -> dict:
     model = TorchGPT(VOCAB, T, L, H, C)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
     batches = [(torch.randint(0, VOCAB, (B, T)), torch.randint(0, VOCAB, (B, T))) for _ in range(steps + 2)]
+    bf16 = precision == "bf16"
     for x, y in batches[:2]:
-        model.train_step(opt, x, y)
+        model.train_step(opt, x, y, bf16)
     start = time.perf_counter()
     for x, y in batches[2:]:
-        model.train_step(opt, x, y)
+        model.train_step(opt, x, y, bf16)
     seconds = time.perf_counter() - start
     return {"tokens_per_s": steps * B * T / seconds,
             "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
@@ -331,25 +333,28 @@ def main(argv=None) -> int:
         fpt = flops_per_token(C, L, T, VOCAB)
         print(f"\nconfiguration {name}: embed {C}, layers {L}, heads {H}, seq {T}, batch {B}, vocab {VOCAB}; "
               f"{fpt / 1e6:.1f} MFLOP per token; {args.steps} steps after 2 warm-up")
-        print(f"{'threads':>7} {'CLLM tok/s':>11} {'bf16 tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'bf16 ratio':>11} "
-              f"{'CLLM MFU':>9} {'torch MFU':>10} {'CLLM MiB':>9} {'torch MiB':>10}")
+        print(f"{'threads':>7} {'CLLM tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'CLLM MFU':>9} {'torch MFU':>10} "
+              f"{'CLLM MiB':>9} {'torch MiB':>10}" + (f" {'CLLM bf16':>10} {'torch bf16':>11} {'bf16/torch':>11} "
+                                                    f"{'bf16/torch bf16':>16}" if bf16 else ""))
         for threads in args.threads:
             ours = child("cllm", name, threads, args.steps)
-            low = child("cllm", name, threads, args.steps, "bf16") if bf16 else None
             theirs = None if args.skip_torch else child("torch", name, threads, args.steps)
             gflop = peak[str(min(threads, 2))] * 1e9
             mfu = ours["tokens_per_s"] * fpt / gflop
-            cells = [f"{threads:>7}", f"{ours['tokens_per_s']:>11.0f}",
-                     f"{low['tokens_per_s']:>11.0f}" if low else f"{'-':>11}"]
+            line = f"{threads:>7} {ours['tokens_per_s']:>11.0f} "
             if theirs:
-                cells += [f"{theirs['tokens_per_s']:>12.0f}", f"{ours['tokens_per_s'] / theirs['tokens_per_s']:>6.2f}",
-                          f"{low['tokens_per_s'] / theirs['tokens_per_s']:>11.2f}" if low else f"{'-':>11}",
-                          f"{100 * mfu:>8.1f}%", f"{100 * theirs['tokens_per_s'] * fpt / gflop:>9.1f}%",
-                          f"{ours['peak_rss_mib']:>9.0f}", f"{theirs['peak_rss_mib']:>10.0f}"]
+                line += (f"{theirs['tokens_per_s']:>12.0f} {ours['tokens_per_s'] / theirs['tokens_per_s']:>6.2f} "
+                         f"{100 * mfu:>8.1f}% {100 * theirs['tokens_per_s'] * fpt / gflop:>9.1f}% "
+                         f"{ours['peak_rss_mib']:>9.0f} {theirs['peak_rss_mib']:>10.0f}")
             else:
-                cells += [f"{'-':>12}", f"{'-':>6}", f"{'-':>11}", f"{100 * mfu:>8.1f}%", f"{'-':>10}",
-                          f"{ours['peak_rss_mib']:>9.0f}", f"{'-':>10}"]
-            print(" ".join(cells), flush=True)
+                line += f"{'-':>12} {'-':>6} {100 * mfu:>8.1f}% {'-':>10} {ours['peak_rss_mib']:>9.0f} {'-':>10}"
+            if bf16:
+                low = child("cllm", name, threads, args.steps, "bf16")["tokens_per_s"]
+                line += f" {low:>10.0f}"
+                if theirs:
+                    theirs16 = child("torch", name, threads, args.steps, "bf16")["tokens_per_s"]
+                    line += f" {theirs16:>11.0f} {low / theirs['tokens_per_s']:>11.2f} {low / theirs16:>16.2f}"
+            print(line, flush=True)
         shares = child("shares", name)
         print(f"kernel shares of one worker's forward_backward ({B // 2} rows, 1 thread, "
               f"{shares['total_s'] * 1e3:.0f} ms): " + ", ".join(

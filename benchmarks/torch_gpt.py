@@ -65,9 +65,11 @@ class TorchGPT(nn.Module):
             x = block(x)
         return self.ln_f(x) @ self.wte.weight.T
 
-    def train_step(self, optimizer, tokens, targets) -> float:
-        logits = self(tokens)
-        loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
+    def train_step(self, optimizer, tokens, targets, bf16: bool = False) -> float:
+        """One step; with ``bf16`` the forward runs under CPU autocast to bfloat16 (oneDNN's products)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = self(tokens)
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.view(-1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(self.parameters(), 1.0)
