@@ -139,25 +139,18 @@ def pack_words(words, first, count, p0, pairs, width, out):
 
 
 @kernel
-def pack_a(src, words, first, count, k0, kc, out):
+def pack_panels(src, words, first, count, k0, kc, width, out):
+    # pack's panels, through pack_words when ``words`` (src's uint32 view) is not empty
     if words.shape[0]:
-        pack_words(words, first, count, k0 // 2, kc // 2, MR, out)
+        pack_words(words, first, count, k0 // 2, kc // 2, width, out)
     else:
-        pack(src, first, count, k0, kc, MR, out)
-
-
-@kernel
-def pack_b(src, words, first, count, k0, kc, out):
-    if words.shape[0]:
-        pack_words(words, first, count, k0 // 2, kc // 2, NR, out)
-    else:
-        pack(src, first, count, k0, kc, NR, out)
+        pack(src, first, count, k0, kc, width, out)
 
 
 @kernel
 def product(out, a, a_words, bt, bt_words, accumulate, a_packed, b_packed, tile):
-    # out (M,N) (+)= a (M,K) @ bt.T, bt (N,K), each with its words (see pack_words) or an empty (0,0); scratch: a_packed >= MC*KC/2 words, b_packed >=
-    # ceil(N/NR)*NR*KC/2 words, tile (MR,NR) float32
+    # out (M,N) (+)= a (M,K) @ bt.T, bt (N,K), each with its words (see pack_words) or an empty
+    # (0,0); scratch: a_packed >= MC*KC/2 words, b_packed >= ceil(N/NR)*NR*KC/2, tile (MR,NR) float32
     M, N = out.shape
     K = a.shape[1]
     ldc = out.strides[0] // out.itemsize
@@ -165,11 +158,11 @@ def product(out, a, a_words, bt, bt_words, accumulate, a_packed, b_packed, tile)
     for k0 in range(0, K, KC):
         kc = min(KC, K - k0)
         pairs = (kc + 1) // 2
-        pack_b(bt, bt_words, 0, N, k0, kc, b_packed)
+        pack_panels(bt, bt_words, 0, N, k0, kc, NR, b_packed)
         add = 1 if accumulate or k0 > 0 else 0
         for i0 in range(0, M, MC):
             mc = min(MC, M - i0)
-            pack_a(a, a_words, i0, mc, k0, kc, a_packed)
+            pack_panels(a, a_words, i0, mc, k0, kc, MR, a_packed)
             for jp in range(b_panels):
                 j = jp * NR
                 b_panel = b_packed[jp * pairs * NR:].ctypes.data
