@@ -228,10 +228,8 @@ def squad_prompt(context: str, question: str) -> str:
     return f"{context.strip()}\n\nQuestion: {question.strip()}\nAnswer:"
 
 
-def squad_paragraph(paragraph, where: str) -> str:
+def squad_paragraph(paragraph: dict, where: str) -> str:
     """A paragraph as training text: the context, then each question and its first answer."""
-    if not isinstance(paragraph, dict):
-        raise ValueError(f"{where} is not an object")
     lines = [field(paragraph, "context", str, where).strip(), ""]
     for i, qa in enumerate(field(paragraph, "qas", list, where, [])):
         at = f"{where}.qas[{i}]"
@@ -241,18 +239,31 @@ def squad_paragraph(paragraph, where: str) -> str:
     return "\n".join(lines)
 
 
+def squad_paragraphs(data) -> Iterator[tuple]:
+    """(article index, article, paragraph index, paragraph, where it is) for each paragraph of SQuAD
+    JSON ``data``; ValueError saying where the first article, title or paragraph of the wrong kind is."""
+    if not isinstance(data, dict) or not isinstance(data.get("data"), list):
+        raise ValueError("no list 'data' of articles")
+    for a, article in enumerate(data["data"]):
+        where = f"data[{a}]"
+        if not isinstance(article, dict):
+            raise ValueError(f"{where} is not an object")
+        field(article, "title", str, where, "")
+        for index, paragraph in enumerate(field(article, "paragraphs", list, where)):
+            at = f"{where}.paragraphs[{index}]"
+            if not isinstance(paragraph, dict):
+                raise ValueError(f"{at} is not an object")
+            yield a, article, index, paragraph, at
+
+
 def squad_documents(path: Path, data: dict) -> list:
     documents = []
     try:
-        for a, article in enumerate(data["data"]):
-            where = f"data[{a}]"
-            if not isinstance(article, dict):
-                raise ValueError(f"{where} is not an object")
-            title = field(article, "title", str, where, "")
-            for index, paragraph in enumerate(field(article, "paragraphs", list, where)):
-                text = squad_paragraph(paragraph, f"{where}.paragraphs[{index}]")
-                check_unicode(text)
-                documents.append(Document(f"{path}:{title}:{index}", (text,)))
+        for _, article, index, paragraph, where in squad_paragraphs(data):
+            title = article.get("title", "")
+            text = squad_paragraph(paragraph, where)
+            check_unicode(text)
+            documents.append(Document(f"{path}:{title}:{index}", (text,)))
     except ValueError as error:
         raise UserError(f"{path}: not a SQuAD v1.1/v2.0 file ({error}); give plain text or SQuAD JSON") from None
     return documents

@@ -20,7 +20,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..data.corpus import NO_ANSWER, check_unicode, field, parse_json, squad_answers, squad_prompt
+from ..data.corpus import (NO_ANSWER, check_unicode, field, parse_json, squad_answers, squad_paragraphs,
+                           squad_prompt)
 from ..errors import UserError
 
 PUNCTUATION = frozenset(string.punctuation)
@@ -53,26 +54,17 @@ def read_squad(path: Path) -> list:
         raise UserError(f"{path}: not SQuAD JSON ({error}); give a SQuAD v1.1/v2.0 file") from None
     questions = []
     try:
-        if not isinstance(data, dict) or not isinstance(data.get("data"), list):
-            raise ValueError("no list 'data' of articles")
-        for a, article in enumerate(data["data"]):
-            where = f"data[{a}]"
-            if not isinstance(article, dict):
-                raise ValueError(f"{where} is not an object")
-            for p, paragraph in enumerate(field(article, "paragraphs", list, where)):
-                at = f"{where}.paragraphs[{p}]"
-                if not isinstance(paragraph, dict):
-                    raise ValueError(f"{at} is not an object")
-                context = field(paragraph, "context", str, at)
-                for q, qa in enumerate(field(paragraph, "qas", list, at, [])):
-                    answers = tuple(squad_answers(qa, f"{at}.qas[{q}]"))
-                    if qa.get("is_impossible") is True:
-                        answers = ()
-                    text = field(qa, "question", str, f"{at}.qas[{q}]")
-                    qid = qa.get("id", f"{a}.{p}.{q}")
-                    for value in (context, text, *answers):
-                        check_unicode(value)
-                    questions.append(Question(str(qid), context, text, answers))
+        for a, _, p, paragraph, at in squad_paragraphs(data):
+            context = field(paragraph, "context", str, at)
+            for q, qa in enumerate(field(paragraph, "qas", list, at, [])):
+                answers = tuple(squad_answers(qa, f"{at}.qas[{q}]"))
+                if qa.get("is_impossible") is True:
+                    answers = ()
+                text = field(qa, "question", str, f"{at}.qas[{q}]")
+                qid = qa.get("id", f"{a}.{p}.{q}")
+                for value in (context, text, *answers):
+                    check_unicode(value)
+                questions.append(Question(str(qid), context, text, answers))
     except ValueError as error:
         raise UserError(f"{path}: not a SQuAD v1.1/v2.0 file ({error}); fix the file") from None
     if not questions:
