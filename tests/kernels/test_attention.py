@@ -145,3 +145,12 @@ def test_dropout_keeps_the_right_fraction_of_probabilities(p):
     # uniform probabilities 1/(i+1): out = kept count in the row / (i+1) / (1-p)
     expected = mask.sum(-1) / np.arange(1, T + 1) / (1 - p)
     np.testing.assert_allclose(out[:, :, ::4].transpose(0, 2, 1), expected, rtol=1e-12)
+
+
+def test_a_strided_output_view_gets_the_same_values():
+    B, T, H, hs = 2, TQ + 5, 2, 16
+    qkv = np.random.default_rng(8).normal(size=(B, T, 3 * H * hs)).astype(np.float32)
+    out, lse = run(qkv, H)
+    wide = np.zeros((B, T, 2 * H * hs), np.float32)
+    attention_forward(wide[:, :, ::2], np.zeros_like(lse), qkv, H, 1 / math.sqrt(hs))
+    np.testing.assert_array_equal(wide[:, :, ::2], out)
