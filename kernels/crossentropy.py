@@ -2,9 +2,18 @@
 
 The (N,V) logits never exist at once: the head runs over chunks of CHUNK_ROWS rows into one
 (CHUNK_ROWS,V) buffer, each row's logits become its loss and its gradient in place while
-the row is in cache (max, exponentiate and sum, scale: no second V-wide buffer), and the
-chunk's gradient goes straight through the head's two backward products, the head's
-gradient added up chunk by chunk (BLAS beta = 1).
+the row is in cache (exponentiate and sum, scale: no second V-wide buffer), and the chunk's
+gradient goes straight through the head's two backward products, the head's gradient added
+up chunk by chunk (BLAS beta = 1).
+
+A softmax is safe from overflow when its exponentials are taken relative to the row's
+maximum, but finding the maximum is one more pass over the row. The fused kernel takes them
+relative to the target's logit instead, which is never above the maximum, so nothing can
+underflow that the maximum would have kept, and it checks each BLOCK of the row as it goes: a
+block whose exponentials sum above SUM_LIMIT (an entry overflowed, or the block holds an inf
+or a NaN) is put back from the copy of its logits kept aside and redone relative to its own
+maximum, the blocks before it rescaled to match. So the row is read once, and the result is
+the maximum's to float32 rounding for huge, infinite or NaN logits too.
 """
 
 import numpy as np
@@ -13,11 +22,14 @@ from .jit import kernel
 from .precision import FIRST, FLOAT32, SECOND
 from .vecmath import LOG2E, exp2, maxnum
 
-# exp(x - mx) = 2**(x * log2e + shift), shift = -mx * log2e: one fused multiply-add per entry.
-# The rounding of shift scales every entry of the row alike, so it cancels in the softmax; the
-# loss takes back the shift actually used, in float64: log(total) - shift / log2e.
+# exp(x - c) = 2**((x - c) * log2e) for a centre c (the row's maximum, or the target's logit): the
+# subtraction is exact near c, also for logits far beyond 2**24, where folding c into one fused
+# multiply-add, x * log2e - c * log2e, would round c * log2e by more than the exponent's range.
+# The loss is log(total) + c - (the target's logit), in float64.
 
 CHUNK_ROWS = 256
+BLOCK = 1024  # entries exponentiated before their sum is checked; their logits are kept aside meanwhile
+SUM_LIMIT = np.float32(2.0 ** 100)  # no entry of a block under it overflowed, nor can the row's total
 
 
 @kernel
@@ -28,6 +40,20 @@ def row_max(row):
     for j in range(1, row.shape[0]):
         mx = maxnum(mx, row[j])
     return mx
+
+
+@kernel
+def exponentiate(block, kept, log2e, centre):
+    # block (n,) of logits -> 2**((logit - centre) * log2e) = exp(logit - centre) in place, returning
+    # their sum; the logits are copied to kept (n,) first
+    total = block.dtype.type(0.0)
+    for j in range(block.shape[0]):
+        x = block[j]
+        kept[j] = x
+        e = exp2((x - centre) * log2e)
+        block[j] = e
+        total += e
+    return total
 
 
 @kernel
@@ -42,11 +68,10 @@ def crossentropy_forward(logits, targets):
     for i in range(N):
         row = logits[i]
         mx = row_max(row)
-        shift = -mx * log2e
         total = t(0.0)
         for j in range(V):
-            total += exp2(row[j] * log2e + shift)
-        loss += np.log(total) - np.float64(shift) / np.float64(log2e) - row[targets[i]]
+            total += exp2((row[j] - mx) * log2e)
+        loss += np.log(total) + (np.float64(mx) - np.float64(row[targets[i]]))
         if row[targets[i]] >= mx:
             hits += 1
     return loss, hits
@@ -59,20 +84,30 @@ def crossentropy_forward_backward(logits, targets, dloss):
     N, V = logits.shape
     t = logits.dtype.type
     d, log2e = t(dloss), t(LOG2E)
+    kept = np.empty(min(BLOCK, V), logits.dtype)
     loss = 0.0
     for i in range(N):
         row = logits[i]
-        mx = row_max(row)
         tgt = targets[i]
         target_logit = row[tgt]
-        shift = -mx * log2e
+        centre = target_logit
         total = t(0.0)
-        for j in range(V):
-            e = exp2(row[j] * log2e + shift)
-            row[j] = e
-            total += e
-        loss += np.log(total) - np.float64(shift) / np.float64(log2e) - target_logit
-        scale = d / total
+        for a in range(0, V, BLOCK):
+            block = row[a:a + BLOCK]
+            aside = kept[:block.shape[0]]
+            part = exponentiate(block, aside, log2e, centre)
+            if not part <= SUM_LIMIT:
+                block[:] = aside
+                redone = row_max(block)
+                if redone > centre:  # the blocks before move to the new centre, in float64 so that none underflows early
+                    rescale = np.exp2((np.float64(centre) - np.float64(redone)) * np.float64(log2e))
+                    for j in range(a):
+                        row[j] = row[j] * rescale
+                    total, centre = t(total * rescale), redone
+                part = exponentiate(block, aside, log2e, centre)
+            total += part
+        loss += np.log(total) + (np.float64(centre) - np.float64(target_logit))
+        scale = t(np.float64(d) / np.float64(total))
         for j in range(V):
             row[j] *= scale
         row[tgt] -= d
