@@ -7,14 +7,15 @@ Every figure comes from this run, each training measurement in its own process (
 memory is its own), CLLM and PyTorch alternating:
 
 - the numpy sgemm peak (2048^3, float32) on 1 and 2 threads;
-- per configuration and thread count, training tokens/s of CLLM (Node Zero, real data) and of
-  PyTorch 2.x fp32 eager (benchmarks/torch_gpt.py, SDPA attention, same step: forward,
-  backward, clip, AdamW), their ratio, MFU = FLOPs per token x tokens/s / sgemm peak, peak RSS;
+- per configuration and thread count, training tokens/s of CLLM (Node Zero, real data) in fp32,
+  and in bf16 where the CPU has bfloat16 products (``--precision bf16``), and of PyTorch 2.x fp32
+  eager (benchmarks/torch_gpt.py, SDPA attention, same step: forward, backward, clip, AdamW),
+  the ratios, MFU = FLOPs per token x tokens/s / sgemm peak (fp32), peak RSS;
 - the share of each kernel in one worker's forward_backward;
 - ns per element of the element-wise and reduction kernels against a memory-bandwidth bound
   (a copy of the same bytes) and PyTorch's kernels on one thread;
 - peak memory of a training step at growing context (attention is linear in T);
-- the seconds before the first step with an empty numba cache, and with a warm one.
+- the seconds before the first step with an empty numba cache, and with a warm one (fp32, and bf16).
 """
 
 import argparse
@@ -82,14 +83,15 @@ def sgemm_peak() -> dict:
     return {"1": one, "2": max(two_pool, two_blas), "2_pool": two_pool, "2_blas": two_blas}
 
 
-def train_cllm(name: str, threads: int, steps: int) -> dict:
+def train_cllm(name: str, threads: int, steps: int, precision: str = "fp32") -> dict:
     sys.path.insert(0, str(HERE))
     import train_speed
 
     C, L, H, T, B = CONFIGS[name]
     args = train_speed.parse_args(["--embed-dim", str(C), "--num-layers", str(L), "--num-heads", str(H),
                                    "--seq-len", str(T), "--batch-size", str(B), "--vocab-size", str(VOCAB),
-                                   "--steps", str(steps), "--warmup", "2", "--threads", str(threads)])
+                                   "--steps", str(steps), "--warmup", "2", "--threads", str(threads),
+                                   "--precision", precision])
     row = train_speed.measure(args)
     return {"tokens_per_s": row["tokens_per_s"], "peak_rss_mib": row["peak_rss_mib"], "vocab": row["vocab_size"]}
 
@@ -262,20 +264,27 @@ def context_memory(T: int) -> dict:
             "activations_mib": activation_bytes(cfg, rows, T) / 2**20, "step_s": seconds}
 
 
-def first_step() -> dict:
+def first_step(precision: str = "fp32") -> dict:
     """Import, compile (or load from the cache) and run one forward_backward and AdamW update of config A."""
     import numpy as np
 
     from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward_backward, init_params
     from cllm.kernels.optim import adamw_update
+    from cllm.kernels.precision import Weights16
 
     C, L, H, T, B = CONFIGS["A"]
     cfg = GPTConfig(vocab_size=VOCAB, block_size=T, n_layer=L, n_head=H, n_embd=C)
     layout = ParamLayout(cfg)
     params, grad = init_params(cfg, seed=0), np.zeros(layout.size, np.float32)
+    weights = layout.tensors(params)
+    if precision == "bf16":
+        rounded = Weights16(layout)
+        rounded.refresh(params)
+        weights = rounded.tensors(weights)
     rng = np.random.default_rng(0)
     tokens, targets = (rng.integers(0, VOCAB, size=(B // 2, T)).astype(np.int32) for _ in range(2))
-    forward_backward(layout.tensors(params), layout.tensors(grad), Activations(cfg, B // 2, T), tokens, targets, 1.0)
+    forward_backward(weights, layout.tensors(grad), Activations(cfg, B // 2, T, precision=precision), tokens, targets,
+                     1.0)
     adamw_update(params, grad, np.zeros_like(params), np.zeros_like(params), 1e-3, 0.9, 0.95, 1e-8, 0.0, 1, 1.0)
     return {}
 
@@ -313,26 +322,34 @@ def main(argv=None) -> int:
     print(f"numpy sgemm peak (2048^3 float32): 1 thread {peak['1']:.1f} GFLOP/s; 2 threads {peak['2']:.1f} GFLOP/s "
           f"(two pool threads {peak['2_pool']:.1f}, one 2-thread BLAS call {peak['2_blas']:.1f})")
     print(f"FLOPs per token: {FLOP_FORMULA}")
+    from cllm.kernels.precision import backend, unavailable
+
+    bf16 = unavailable() is None
+    print(f"bf16 products: {backend() if bf16 else 'none, ' + unavailable()}")
     for name in args.configs:
         C, L, H, T, B = CONFIGS[name]
         fpt = flops_per_token(C, L, T, VOCAB)
         print(f"\nconfiguration {name}: embed {C}, layers {L}, heads {H}, seq {T}, batch {B}, vocab {VOCAB}; "
               f"{fpt / 1e6:.1f} MFLOP per token; {args.steps} steps after 2 warm-up")
-        print(f"{'threads':>7} {'CLLM tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'CLLM MFU':>9} {'torch MFU':>10} "
-              f"{'CLLM MiB':>9} {'torch MiB':>10}")
+        print(f"{'threads':>7} {'CLLM tok/s':>11} {'bf16 tok/s':>11} {'torch tok/s':>12} {'ratio':>6} {'bf16 ratio':>11} "
+              f"{'CLLM MFU':>9} {'torch MFU':>10} {'CLLM MiB':>9} {'torch MiB':>10}")
         for threads in args.threads:
             ours = child("cllm", name, threads, args.steps)
+            low = child("cllm", name, threads, args.steps, "bf16") if bf16 else None
             theirs = None if args.skip_torch else child("torch", name, threads, args.steps)
             gflop = peak[str(min(threads, 2))] * 1e9
             mfu = ours["tokens_per_s"] * fpt / gflop
+            cells = [f"{threads:>7}", f"{ours['tokens_per_s']:>11.0f}",
+                     f"{low['tokens_per_s']:>11.0f}" if low else f"{'-':>11}"]
             if theirs:
-                print(f"{threads:>7} {ours['tokens_per_s']:>11.0f} {theirs['tokens_per_s']:>12.0f} "
-                      f"{ours['tokens_per_s'] / theirs['tokens_per_s']:>6.2f} {100 * mfu:>8.1f}% "
-                      f"{100 * theirs['tokens_per_s'] * fpt / gflop:>9.1f}% {ours['peak_rss_mib']:>9.0f} "
-                      f"{theirs['peak_rss_mib']:>10.0f}")
+                cells += [f"{theirs['tokens_per_s']:>12.0f}", f"{ours['tokens_per_s'] / theirs['tokens_per_s']:>6.2f}",
+                          f"{low['tokens_per_s'] / theirs['tokens_per_s']:>11.2f}" if low else f"{'-':>11}",
+                          f"{100 * mfu:>8.1f}%", f"{100 * theirs['tokens_per_s'] * fpt / gflop:>9.1f}%",
+                          f"{ours['peak_rss_mib']:>9.0f}", f"{theirs['peak_rss_mib']:>10.0f}"]
             else:
-                print(f"{threads:>7} {ours['tokens_per_s']:>11.0f} {'-':>12} {'-':>6} {100 * mfu:>8.1f}% {'-':>10} "
-                      f"{ours['peak_rss_mib']:>9.0f} {'-':>10}")
+                cells += [f"{'-':>12}", f"{'-':>6}", f"{'-':>11}", f"{100 * mfu:>8.1f}%", f"{'-':>10}",
+                          f"{ours['peak_rss_mib']:>9.0f}", f"{'-':>10}"]
+            print(" ".join(cells), flush=True)
         shares = child("shares", name)
         print(f"kernel shares of one worker's forward_backward ({B // 2} rows, 1 thread, "
               f"{shares['total_s'] * 1e3:.0f} ms): " + ", ".join(
@@ -349,12 +366,13 @@ def main(argv=None) -> int:
     for T in (256, 1024, 2048):
         row = child("context", T)
         print(f"{T:>7} {row['peak_rss_mib']:>13.0f} {row['activations_mib']:>16.0f} {row['step_s']:>7.2f}")
-    with tempfile.TemporaryDirectory() as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        cold = child("first_step", env=env)["wall_s"]
-        warm = child("first_step", env=env)["wall_s"]
-    print(f"\nnumba: process start to the end of a first forward_backward and AdamW update (config A, 16 rows) "
-          f"took {cold:.1f} s with an empty cache, {warm:.1f} s with a warm one")
+    for precision in ("fp32", "bf16") if bf16 else ("fp32",):
+        with tempfile.TemporaryDirectory() as cache:
+            env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+            cold = child("first_step", precision, env=env)["wall_s"]
+            warm = child("first_step", precision, env=env)["wall_s"]
+        print(f"\nnumba, {precision}: process start to the end of a first forward_backward and AdamW update (config A, "
+              f"16 rows) took {cold:.1f} s with an empty cache, {warm:.1f} s with a warm one")
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
     return 0
 

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from . import dotbf16
 from .attention import attention_backward, attention_forward
 from .crossentropy import CHUNK_ROWS, head_loss, head_loss_backward
 from .dropout import (EMBEDDING_SITE, Dropout, attention_residual_site, attention_site, bias_dropout_residual,
@@ -195,7 +196,10 @@ def scratch16_sizes(cfg: GPTConfig, B: int, T: int) -> tuple:
 
 def activation_bytes(cfg: GPTConfig, B: int, T: int, precision: str = "fp32") -> int:
     """Memory of one worker's ``Activations`` (float32 buffers, and bfloat16 scratch with ``precision`` bf16)."""
-    scratch = 2 * sum(scratch16_sizes(cfg, B, T)) if precision == "bf16" else 0
+    scratch = 0
+    if precision == "bf16":  # the rounded operands, and the product's packing buffers for its widest output
+        widest = max(cfg.vocab_size, cfg.mlp_size, 3 * cfg.n_embd)
+        scratch = 2 * sum(scratch16_sizes(cfg, B, T)) + dotbf16.packing_bytes(widest)
     return 4 * sum(int(np.prod(shape)) for shape in activation_shapes(cfg, B, T).values()) + scratch
 
 

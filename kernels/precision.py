@@ -1,14 +1,19 @@
 """The precision of the matrix products: float32, or bfloat16 with float32 accumulation.
 
-The products go to ``cblas_gemm_bf16bf16f32`` of Intel's oneMKL (the optional ``bf16`` extra,
-``pip install 'cllm[bf16]'``), loaded through ctypes from the environment's ``lib`` directory
-and run on MKL's sequential threading layer: the worker pool is the parallelism. They pay
-off only on a CPU with bfloat16 instructions (AVX512_BF16, or AMX-BF16 on recent Intel), so
-``unavailable()`` asks both the library and /proc/cpuinfo at run time.
+Two bfloat16 products, chosen at run time from /proc/cpuinfo:
 
-Master weights, gradients and optimizer state stay float32. ``Weights16`` rounds the weights
-once per step, after the update; ``Products16`` rounds a worker's float32 activations into
-its two scratch buffers per product. A bfloat16 array is uint16: the upper half of a float32.
+- on a CPU with AMX-BF16 and Intel's oneMKL installed (the optional ``bf16`` extra,
+  ``pip install 'cllm[bf16]'``), ``cblas_gemm_bf16bf16f32`` of oneMKL, loaded through ctypes
+  from the environment's ``lib`` directory and run on MKL's sequential threading layer (the
+  worker pool is the parallelism): its AMX tiles are several times faster than vector code;
+- on any other CPU with AVX512_BF16, CLLM's own product (``dotbf16``, VDPBF16PS through numba),
+  which needs no extra library. oneMKL on such CPUs (AMD's among them) converts to float32
+  and runs no faster than sgemm.
+
+``unavailable()`` says why neither can run. Master weights, gradients and optimizer state stay
+float32. ``Weights16`` rounds the weights once per step, after the update; ``Products16`` rounds a
+worker's float32 activations into its two scratch buffers per product. A bfloat16 array is
+uint16: the upper half of a float32.
 """
 
 import ctypes
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import dotbf16
 from .blas import call, gemm
 from .jit import kernel
 
@@ -84,18 +90,24 @@ def mkl_gemm():
     return fn
 
 
-def unavailable(cpuinfo: str | None = None) -> str | None:
-    """Why bfloat16 products cannot run fast here (None: they can). ``cpuinfo`` defaults to this machine's."""
-    if mkl_gemm() is None:
-        return "oneMKL (libmkl_rt) is not installed: pip install 'cllm[bf16]'"
-    if not cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo):
-        return "the CPU has neither AVX512_BF16 nor AMX-BF16 instructions"
+def backend(cpuinfo: str | None = None) -> str | None:
+    """The bfloat16 product that runs here: "onemkl" (AMX-BF16 with oneMKL installed), "avx512"
+    (CLLM's own, on AVX512_BF16), or None. ``cpuinfo`` defaults to this machine's."""
+    flags = cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo)
+    if "amx_bf16" in flags and mkl_gemm() is not None:
+        return "onemkl"
+    if "avx512_bf16" in flags:
+        return "avx512"
     return None
 
 
-def gemm16(out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool) -> None:
-    """out (M,N) float32 (+)= a (M,K) @ b (K,N), both bfloat16; transposed views allowed."""
-    call(mkl_gemm(), out, a, b, accumulate)
+def unavailable(cpuinfo: str | None = None) -> str | None:
+    """Why bfloat16 products cannot run fast here (None: they can). ``cpuinfo`` defaults to this machine's."""
+    if backend(cpuinfo) is not None:
+        return None
+    if cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo):
+        return "the CPU has AMX-BF16 but not AVX512_BF16, and oneMKL is not installed: pip install 'cllm[bf16]'"
+    return "the CPU has neither AVX512_BF16 nor AMX-BF16 instructions"
 
 
 class Products32:
@@ -116,10 +128,16 @@ class Products16:
 
     An operand that is already bfloat16 (a ``Weights16`` view, or one ``operand`` rounded) is used
     as it is; a float32 first operand is rounded into the FIRST buffer, a second into the SECOND.
+    The product is ``backend()``'s (or ``product``'s): oneMKL's, or ``dotbf16``'s with this
+    worker's packing buffers.
     """
 
-    def __init__(self, first: int, second: int):
+    def __init__(self, first: int, second: int, product: str | None = None):
         self.scratch = (np.zeros(first, np.uint16), np.zeros(second, np.uint16))
+        if (product or backend()) == "onemkl":
+            self.gemm = functools.partial(call, mkl_gemm())
+        else:
+            self.gemm = dotbf16.Scratch()
 
     def operand(self, x: np.ndarray, slot: int) -> np.ndarray:
         """``x`` (M,K) rounded to bfloat16 into buffer ``slot``, for use in several products."""
@@ -132,7 +150,7 @@ class Products16:
         return out
 
     def __call__(self, out: np.ndarray, a: np.ndarray, b: np.ndarray, accumulate: bool = False) -> None:
-        gemm16(out, self.operand(a, FIRST), self.operand(b, SECOND), accumulate)
+        self.gemm(out, self.operand(a, FIRST), self.operand(b, SECOND), accumulate)
 
 
 class Weights16:

@@ -76,8 +76,8 @@ class RunConfig:
                                         "probabilities and both residual branches of every block while training")
     precision: str = setting("fp32", one_of(PRECISIONS), "the matrix products in float32, or in bfloat16 with float32 "
                                                          "accumulation (weights and optimizer state stay float32) on a "
-                                                         "CPU with AVX512_BF16 or AMX and oneMKL (the bf16 extra); "
-                                                         "where either is missing, float32")
+                                                         "CPU with AVX512_BF16, or AMX with oneMKL (the bf16 extra); "
+                                                         "on any other CPU, float32")
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: Schedule = Schedule()
     clip_norm: float = setting(1.0, NON_NEGATIVE, "clip the gradient's global norm to this (0: off)")

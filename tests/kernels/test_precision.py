@@ -1,4 +1,4 @@
-"""bfloat16 products: rounding, the oneMKL product, and the whole model against float32."""
+"""bfloat16 products: rounding, CLLM's AVX512_BF16 product and oneMKL's, and the whole model against float32."""
 
 from dataclasses import replace
 
@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 
 from cllm.kernels.model import Activations, GPTConfig, ParamLayout, forward, forward_backward, init_params
-from cllm.kernels.precision import (FIRST, SECOND, Products16, Weights16, bf16_to_float32, cpu_flags, mkl_gemm,
-                                    round_to_bf16, unavailable)
+from cllm.kernels.dotbf16 import KC, MC, MR, NR
+from cllm.kernels.precision import (FIRST, SECOND, Products16, Weights16, backend, bf16_to_float32, cpu_flags,
+                                    mkl_gemm, read_cpuinfo, round_to_bf16, unavailable)
 
-needs_mkl = pytest.mark.skipif(mkl_gemm() is None, reason="oneMKL is not installed (the bf16 extra)")
+HAS_AVX512_BF16 = "avx512_bf16" in cpu_flags(read_cpuinfo())
+needs_bf16 = pytest.mark.skipif(unavailable() is not None, reason=f"bf16 cannot run here: {unavailable()}")
+PRODUCTS = [pytest.param("avx512", marks=pytest.mark.skipif(not HAS_AVX512_BF16, reason="the CPU has no AVX512_BF16")),
+            pytest.param("onemkl", marks=pytest.mark.skipif(mkl_gemm() is None, reason="oneMKL is not installed"))]
 
 CFG = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
 
@@ -47,26 +51,30 @@ def test_rounding_error_is_within_half_a_bfloat16_ulp():
     assert relative.max() <= 2.0 ** -8
 
 
-def test_the_cpu_probe_reads_the_flags():
+def test_the_cpu_probe_reads_the_flags_and_chooses_the_product():
     assert cpu_flags("processor : 0\nflags : fpu sse avx512f avx512_bf16 avx2\n") == {"avx512_bf16"}
     assert cpu_flags("flags : fpu amx_bf16 amx_tile\n") == {"amx_bf16"}
     assert cpu_flags("flags : fpu sse avx2 avx512f\n") == set()
-    reason = unavailable(cpuinfo="flags : fpu sse avx2\n")
-    assert "AVX512_BF16" in reason or "pip install 'cllm[bf16]'" in reason
-    if mkl_gemm() is not None:
-        assert unavailable(cpuinfo="flags : fpu avx512_bf16\n") is None
+    assert "neither AVX512_BF16 nor AMX-BF16" in unavailable(cpuinfo="flags : fpu sse avx2\n")
+    assert backend("flags : fpu avx512_bf16\n") == "avx512" and unavailable(cpuinfo="flags : fpu avx512_bf16\n") is None
+    amx = "flags : fpu avx512_bf16 amx_bf16 amx_tile\n"
+    assert backend(amx) == ("onemkl" if mkl_gemm() is not None else "avx512")
 
 
-@needs_mkl
+def exact_product(a, b):
+    return bf16_to_float32(rounded(a)).astype(np.float64) @ bf16_to_float32(rounded(b)).astype(np.float64)
+
+
+@pytest.mark.parametrize("product", PRODUCTS)
 @pytest.mark.parametrize("transpose_a, transpose_b", [(False, False), (True, False), (False, True), (True, True)])
-def test_bf16_product_is_the_float32_sum_of_the_rounded_operands(transpose_a, transpose_b):
+def test_bf16_product_is_the_float32_sum_of_the_rounded_operands(product, transpose_a, transpose_b):
     rng = np.random.default_rng(2)
     M, K, N = 37, 70, 29
     a = rng.standard_normal((K, M) if transpose_a else (M, K)).astype(np.float32)
     b = rng.standard_normal((N, K) if transpose_b else (K, N)).astype(np.float32)
     a, b = (a.T if transpose_a else a), (b.T if transpose_b else b)
-    exact = bf16_to_float32(rounded(a)).astype(np.float64) @ bf16_to_float32(rounded(b)).astype(np.float64)
-    mm = Products16(M * K, K * N)
+    exact = exact_product(a, b)
+    mm = Products16(M * K, K * N, product)
     out = np.full((M, N), 5.0, np.float32)
     mm(out, a, b)
     np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-4)
@@ -75,11 +83,42 @@ def test_bf16_product_is_the_float32_sum_of_the_rounded_operands(transpose_a, tr
     assert np.abs(out - 2 * a.astype(np.float64) @ b).max() > 1e-3  # and the operands really were rounded
 
 
+@pytest.mark.skipif(not HAS_AVX512_BF16, reason="the CPU has no AVX512_BF16")
+@pytest.mark.parametrize("M, K, N", [(1, 1, 1), (MR, 2, NR), (MR + 1, 3, NR + 1), (MC + MR + 5, KC + 7, 3 * NR - 1),
+                                     (2 * MC, 2 * KC + 1, 70), (5, 2 * KC, 2 * NR), (40, 0, 9), (0, 8, 3)])
+def test_avx512_product_covers_every_edge_of_its_blocks(M, K, N):
+    # odd K, K across several blocks of KC, rows across blocks of MC, tiles overhanging out's
+    # edges, and an out whose rows are longer than N
+    rng = np.random.default_rng(M * 1000 + K + N)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    b = rng.standard_normal((N, K)).astype(np.float32).T
+    exact = exact_product(a, b)
+    mm = Products16(M * K, K * N, "avx512")
+    wide = np.full((M, N + 5), 3.0, np.float32)
+    out = wide[:, :N]
+    mm(out, a, b)
+    np.testing.assert_allclose(out, exact, rtol=1e-5, atol=1e-4 * max(1, K) ** 0.5)
+    mm(out, a, b, accumulate=True)
+    np.testing.assert_allclose(out, 2 * exact, rtol=1e-5, atol=2e-4 * max(1, K) ** 0.5)
+    assert (wide[:, N:] == 3.0).all()  # nothing written past the view
+
+
+@pytest.mark.skipif(not HAS_AVX512_BF16, reason="the CPU has no AVX512_BF16")
+def test_avx512_product_carries_infinities_and_nan():
+    a = np.ones((MR + 1, 4), np.float32)
+    b = np.ones((4, NR + 1), np.float32)
+    a[0, 1], a[MR, 2], b[3, NR] = np.inf, np.nan, -np.inf
+    out = np.zeros((MR + 1, NR + 1), np.float32)
+    Products16(a.size, b.size, "avx512")(out, a, b)
+    assert np.isposinf(out[0, :NR]).all() and np.isnan(out[MR]).all() and np.isnan(out[0, NR])
+    assert (out[1:MR, :NR] == 4.0).all() and np.isneginf(out[1:MR, NR]).all()
+
+
 def relative_error(x, reference):
     return np.linalg.norm(x - reference) / np.linalg.norm(reference)
 
 
-@needs_mkl
+@needs_bf16
 @pytest.mark.parametrize("cfg", [CFG, replace(CFG, tied_head=False)], ids=["tied head", "untied head"])
 def test_bf16_forward_and_backward_match_float32_within_bfloat16_tolerance(cfg):
     layout = ParamLayout(cfg)
@@ -109,7 +148,7 @@ def test_bf16_forward_and_backward_match_float32_within_bfloat16_tolerance(cfg):
         assert relative_error(grad16[piece], grad32[piece]) < 2e-2, name
 
 
-@needs_mkl
+@needs_bf16
 def test_weights16_round_the_products_weights_and_keep_the_rest_float32():
     layout = ParamLayout(CFG)
     params = init_params(CFG, seed=1)
