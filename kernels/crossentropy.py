@@ -20,16 +20,19 @@ import numpy as np
 
 from .jit import kernel
 from .precision import FIRST, FLOAT32, SECOND
-from .vecmath import LOG2E, exp2, maxnum
+from .vecmath import LOG2E, exp2, exp2_normal, maxnum
 
-# exp(x - c) = 2**((x - c) * log2e) for a centre c (the row's maximum, or the target's logit): the
-# subtraction is exact near c, also for logits far beyond 2**24, where folding c into one fused
-# multiply-add, x * log2e - c * log2e, would round c * log2e by more than the exponent's range.
-# The loss is log(total) + c - (the target's logit), in float64.
+# exp(x - c) = 2**(x * log2e + shift), shift = -c * log2e for a centre c (the row's maximum, or the
+# target's logit): one fused multiply-add per entry. The rounding of shift scales every entry of the
+# row alike, so it cancels in the softmax; the loss takes back the shift actually used, in float64:
+# log(total) - shift / log2e - (the target's logit). That rounding grows with the logits, up to the
+# exponent's whole range, so beyond |shift| = SHIFT_LIMIT the exponent is (x - c) * log2e instead,
+# exact near c, and the shift taken back -c * log2e.
 
 CHUNK_ROWS = 256
 BLOCK = 1024  # entries exponentiated before their sum is checked; their logits are kept aside meanwhile
 SUM_LIMIT = np.float32(2.0 ** 100)  # no entry of a block under it overflowed, nor can the row's total
+SHIFT_LIMIT = np.float32(2.0 ** 22)  # below it, shift's rounding is at most a quarter
 
 
 @kernel
@@ -43,16 +46,32 @@ def row_max(row):
 
 
 @kernel
+def exponent_shift(centre, log2e):
+    # the shift, in float64, of exponentiate's entries 2**(logit * log2e + shift) about centre
+    shift = -centre * log2e
+    return np.float64(shift) if abs(shift) < SHIFT_LIMIT else -np.float64(centre) * np.float64(log2e)
+
+
+@kernel
 def exponentiate(block, kept, log2e, centre):
-    # block (n,) of logits -> 2**((logit - centre) * log2e) = exp(logit - centre) in place, returning
-    # their sum; the logits are copied to kept (n,) first
+    # block (n,) of logits -> 2**(logit * log2e + exponent_shift(centre)) in place, about exp(logit -
+    # centre); returns their sum. The logits are copied to kept (n,) first
     total = block.dtype.type(0.0)
-    for j in range(block.shape[0]):
-        x = block[j]
-        kept[j] = x
-        e = exp2((x - centre) * log2e)
-        block[j] = e
-        total += e
+    shift = -centre * log2e
+    if abs(shift) < SHIFT_LIMIT:
+        for j in range(block.shape[0]):
+            x = block[j]
+            kept[j] = x
+            e = exp2_normal(x * log2e + shift)
+            block[j] = e
+            total += e
+    else:  # also a NaN or infinite centre
+        for j in range(block.shape[0]):
+            x = block[j]
+            kept[j] = x
+            e = exp2_normal((x - centre) * log2e)
+            block[j] = e
+            total += e
     return total
 
 
@@ -68,10 +87,15 @@ def crossentropy_forward(logits, targets):
     for i in range(N):
         row = logits[i]
         mx = row_max(row)
+        shift = -mx * log2e
         total = t(0.0)
-        for j in range(V):
-            total += exp2((row[j] - mx) * log2e)
-        loss += np.log(total) + (np.float64(mx) - np.float64(row[targets[i]]))
+        if abs(shift) < SHIFT_LIMIT:
+            for j in range(V):
+                total += exp2(row[j] * log2e + shift)
+        else:
+            for j in range(V):
+                total += exp2((row[j] - mx) * log2e)
+        loss += np.log(total) - exponent_shift(mx, log2e) / np.float64(log2e) - row[targets[i]]
         if row[targets[i]] >= mx:
             hits += 1
     return loss, hits
@@ -100,13 +124,13 @@ def crossentropy_forward_backward(logits, targets, dloss):
                 block[:] = aside
                 redone = row_max(block)
                 if redone > centre:  # the blocks before move to the new centre, in float64 so that none underflows early
-                    rescale = np.exp2((np.float64(centre) - np.float64(redone)) * np.float64(log2e))
+                    rescale = np.exp2(exponent_shift(redone, log2e) - exponent_shift(centre, log2e))
                     for j in range(a):
                         row[j] = row[j] * rescale
                     total, centre = t(total * rescale), redone
                 part = exponentiate(block, aside, log2e, centre)
             total += part
-        loss += np.log(total) + (np.float64(centre) - np.float64(target_logit))
+        loss += np.log(total) - exponent_shift(centre, log2e) / np.float64(log2e) - target_logit
         scale = t(np.float64(d) / np.float64(total))
         for j in range(V):
             row[j] *= scale

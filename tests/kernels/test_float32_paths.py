@@ -9,7 +9,7 @@ import pytest
 
 from cllm.kernels.crossentropy import BLOCK, crossentropy_forward, crossentropy_forward_backward, row_max
 from cllm.kernels.gelu import gelu_backward, gelu_forward
-from cllm.kernels.vecmath import exp, exp2
+from cllm.kernels.vecmath import exp, exp2, exp2_normal
 
 
 @numba.njit
@@ -29,6 +29,25 @@ def test_exp2_is_within_3e_7_relative_and_keeps_nan_and_the_infinities():
     exp2_all(out, edges)
     assert np.isnan(out[0])
     assert list(out[1:]) == [0.0, np.inf, 0.0, np.inf, np.inf, 1.0]
+
+
+@numba.njit
+def exp2_normal_all(out, t):
+    for i in range(t.shape[0]):
+        out[i] = exp2_normal(t[i])
+
+
+def test_exp2_normal_is_exp2_inside_its_range_and_clamps_to_normal_floats_outside():
+    t = np.linspace(-126.0, 127.0, 1_000_001).astype(np.float32)
+    out, reference = np.empty_like(t), np.empty_like(t)
+    exp2_normal_all(out, t)
+    exp2_all(reference, t)
+    np.testing.assert_array_equal(out, reference)
+    edges = np.array([np.nan, -np.inf, np.inf, -200.0, 200.0], np.float32)
+    out = np.empty_like(edges)
+    exp2_normal_all(out, edges)
+    assert np.isnan(out[0])
+    assert list(out[1:]) == [2.0 ** -126, 2.0 ** 127, 2.0 ** -126, 2.0 ** 127]
 
 
 @numba.njit
