@@ -98,7 +98,7 @@ def test_row_max_passes_over_nan_but_the_loss_is_nan():
     assert not np.isfinite(crossentropy_forward_backward(logits.copy(), targets, 1.0))
 
 
-@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (5.0, 30.0), (20.0, -100.0)])
+@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (5.0, 30.0), (20.0, -100.0), (1.0, 1e6), (3.0, -3e7)])
 def test_float32_cross_entropy_matches_the_float64_softmax(scale, offset):
     rng = np.random.default_rng(5)
     N, V = 16, 1000
