@@ -147,10 +147,19 @@ def test_dropout_keeps_the_right_fraction_of_probabilities(p):
     np.testing.assert_allclose(out[:, :, ::4].transpose(0, 2, 1), expected, rtol=1e-12)
 
 
+def test_a_strided_output_view_gets_the_same_values():
+    B, T, H, hs = 2, TQ + 5, 2, 16
+    qkv = np.random.default_rng(8).normal(size=(B, T, 3 * H * hs)).astype(np.float32)
+    out, lse = run(qkv, H)
+    wide = np.zeros((B, T, 2 * H * hs), np.float32)
+    attention_forward(wide[:, :, ::2], np.zeros_like(lse), qkv, H, 1 / math.sqrt(hs))
+    np.testing.assert_array_equal(wide[:, :, ::2], out)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_online_softmax_over_two_tiles_equals_the_softmax_of_the_whole_row(dtype):
     rng = np.random.default_rng(3)
-    nq, nk = 6, 7  # padded to 8 x 8 by the tile products
+    nq, nk = 6, 7  # in a tile of 8 x 8, as the tile products pad it
     scores = rng.normal(scale=4.0, size=(nq, 2 * nk))
     scores[2, nk + 1] += 30.0  # the second tile raises this row's maximum: alpha rescales its first tile
     m, l, alpha, new_max = (np.empty(8, dtype) for _ in range(4))
@@ -160,7 +169,7 @@ def test_online_softmax_over_two_tiles_equals_the_softmax_of_the_whole_row(dtype
         tile = np.full((8, 8), 7.0, dtype)
         tile[:nq, :nk] = scores[:, j0:j0 + nk]
         online_softmax(tile, m, l, alpha, new_max, nq, nk, nk)
-        assert np.all(tile[nq:] == 0.0) and np.all(tile[:, nk:] == 0.0)
+        assert np.all(tile[nq:] == 7.0) and np.all(tile[:, nk:] == 7.0)  # outside the nq x nk scores: untouched
         parts = [p * alpha[:nq, None] for p in parts] + [tile[:nq, :nk].astype(np.float64)]
     probs = np.exp(scores - scores.max(1, keepdims=True))
     probs /= probs.sum(1, keepdims=True)
