@@ -2,9 +2,10 @@
 
 The (N,V) logits never exist at once: the head runs over chunks of CHUNK_ROWS rows into one
 (CHUNK_ROWS,V) buffer, each row's logits become its loss and its gradient in place while
-the row is in cache (exponentiate and sum, scale: no second V-wide buffer), and the chunk's
+the row is in cache (exponentiate and sum: no second V-wide buffer), and the chunk's
 gradient goes straight through the head's two backward products, the head's gradient added
-up chunk by chunk (BLAS beta = 1).
+up chunk by chunk (BLAS beta = 1). The softmax's division by each row's total is applied on
+the products' C-wide side (C multiplications per row instead of V).
 
 A softmax is safe from overflow when its exponentials are taken relative to the row's
 maximum, but finding the maximum is one more pass over the row. The fused kernel takes them
@@ -102,12 +103,14 @@ def crossentropy_forward(logits, targets):
 
 
 @kernel
-def crossentropy_forward_backward(logits, targets, dloss):
-    # logits (N,V) in, dL/dlogits out (in place), where L = dloss * (sum of row losses).
-    # Returns the sum of row losses.
+def crossentropy_rows(logits, targets, dloss, scales):
+    # logits (N,V) in; out, in place, each row's gradient but for one factor per row: dL/dlogits[i]
+    # = scales[i] * logits[i], L = dloss * (sum of row losses). The row holds its exponentials
+    # about its centre, the target's less their total; scales[i] = dloss / that total, left for the
+    # caller to apply where it is cheaper than V multiplications. Returns the sum of row losses.
     N, V = logits.shape
     t = logits.dtype.type
-    d, log2e = t(dloss), t(LOG2E)
+    log2e = t(LOG2E)
     kept = np.empty(min(BLOCK, V), logits.dtype)
     loss = 0.0
     for i in range(N):
@@ -131,10 +134,21 @@ def crossentropy_forward_backward(logits, targets, dloss):
                 part = exponentiate(block, aside, log2e, centre)
             total += part
         loss += np.log(total) - exponent_shift(centre, log2e) / np.float64(log2e) - target_logit
-        scale = t(np.float64(d) / np.float64(total))
-        for j in range(V):
+        scales[i] = t(np.float64(dloss) / np.float64(total))
+        row[tgt] -= total
+    return loss
+
+
+@kernel
+def crossentropy_forward_backward(logits, targets, dloss):
+    # logits (N,V) in, dL/dlogits out (in place), where L = dloss * (sum of row losses).
+    # Returns the sum of row losses.
+    scales = np.empty(logits.shape[0], logits.dtype)
+    loss = crossentropy_rows(logits, targets, dloss, scales)
+    for i in range(logits.shape[0]):
+        row, scale = logits[i], scales[i]
+        for j in range(row.shape[0]):
             row[j] *= scale
-        row[tgt] -= d
     return loss
 
 
@@ -154,15 +168,21 @@ def head_loss(x: np.ndarray, head: np.ndarray, targets: np.ndarray, chunk: np.nd
 def head_loss_backward(x: np.ndarray, head: np.ndarray, targets: np.ndarray, dloss: float, dx: np.ndarray,
                        dhead: np.ndarray, chunk: np.ndarray, mm=FLOAT32) -> float:
     """Summed cross-entropy of x (N,C) @ head (V,C).T; overwrites dx (N,C) and dhead (V,C) with
-    the gradients of dloss * that sum. ``chunk`` (R,V) is scratch."""
+    the gradients of dloss * that sum. ``chunk`` (R,V) is scratch. Each row's factor of the
+    softmax's gradient (``crossentropy_rows``) goes to the C-wide side of the head's products:
+    onto the rows of dx after the product, and into a scaled copy of x's rows before dhead's."""
     total = 0.0
     R = chunk.shape[0]
+    scales = np.empty(R, x.dtype)
+    scaled = np.empty((min(R, x.shape[0]), x.shape[1]), x.dtype)
     for a in range(0, x.shape[0], R):
         logits = chunk[:min(R, x.shape[0] - a)]
-        rows = mm.operand(x[a:a + R], SECOND)  # rounded once for the logits and the head's gradient
-        mm(logits, rows, head.T)
-        total += crossentropy_forward_backward(logits, targets[a:a + R], dloss)
-        dlogits = mm.operand(logits, FIRST)
-        mm(dx[a:a + R], dlogits, head)
-        mm(dhead, dlogits.T, rows, a > 0)
+        n = logits.shape[0]
+        mm(logits, mm.operand(x[a:a + R], SECOND), head.T)
+        total += crossentropy_rows(logits, targets[a:a + R], dloss, scales[:n])
+        unscaled = mm.operand(logits, FIRST)
+        mm(dx[a:a + R], unscaled, head)
+        dx[a:a + R] *= scales[:n, None]
+        np.multiply(x[a:a + R], scales[:n, None], out=scaled[:n])
+        mm(dhead, unscaled.T, scaled[:n], a > 0)
     return float(total)
