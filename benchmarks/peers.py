@@ -13,7 +13,8 @@ memory is its own), CLLM and PyTorch alternating:
   the ratios, MFU = FLOPs per token x tokens/s / sgemm peak (fp32), peak RSS;
 - the share of each kernel in one worker's forward_backward;
 - ns per element of the element-wise and reduction kernels against a memory-bandwidth bound
-  (a copy of the same bytes) and PyTorch's kernels on one thread;
+  (a copy of the same bytes) and PyTorch's kernels on one thread (the softmax row is one tile
+  step of the attention's online softmax over rows of TK scores, against torch.softmax);
 - peak memory of a training step at growing context (attention is linear in T);
 - the seconds before the first step with an empty numba cache, and with a warm one (fp32, and bf16).
 """
@@ -177,6 +178,7 @@ def elementwise() -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
+    from cllm.kernels.attention import TK, online_softmax
     from cllm.kernels.crossentropy import CHUNK_ROWS, crossentropy_forward_backward
     from cllm.kernels.gelu import gelu_backward, gelu_forward
     from cllm.kernels.layernorm import layernorm_backward, layernorm_forward
@@ -229,6 +231,27 @@ def elementwise() -> dict:
     n = logits.size
     out["cross-entropy (loss+gradient)"] = ((best_time(ours, 10) - best_time(copy_only, 10)) * 1e9 / n,
                                             bound(8 * n) / n, best_time(theirs, 10) * 1e9 / n)
+    # the attention's softmax: every query row of a worker's heads (16 x 8 x 128) against one tile of TK keys,
+    # all visible, from an empty running state: max, exp(score - max) in place, running sum, output rescale factor
+    scores = rng.normal(size=(16 * 8 * 128, TK)).astype(f32)
+    rows = scores.shape[0]
+    m, l, alpha, new_max = (np.empty(rows, f32) for _ in range(4))
+    tile, ts = np.empty_like(scores), torch.from_numpy(scores)
+
+    def softmax_ours():
+        np.copyto(tile, scores)
+        m.fill(-np.inf)
+        l.fill(0.0)
+        online_softmax(tile, m, l, alpha, new_max, rows, TK, TK)
+
+    def softmax_copy():
+        np.copyto(tile, scores)
+        m.fill(-np.inf)
+        l.fill(0.0)
+
+    n = scores.size
+    out["softmax (attention, online)"] = ((best_time(softmax_ours, 10) - best_time(softmax_copy, 10)) * 1e9 / n,
+                                          bound(8 * n) / n, best_time(lambda: torch.softmax(ts, -1), 10) * 1e9 / n)
     p = rng.normal(size=5_289_472).astype(f32)
     grad, m1, m2 = rng.normal(size=p.size).astype(f32), np.zeros_like(p), np.zeros_like(p)
     tp = torch.nn.Parameter(torch.from_numpy(p.copy()))

@@ -24,7 +24,7 @@ import numpy as np
 from .jit import kernel
 from .dropout import chain, keep_factor
 from .simd import copy_scaled, fma, lanes, load, prefetch, splat, store
-from .vecmath import exp, maxnum
+from .vecmath import LOG2E, exp2, exp2_normal, maxnum_of_numbers
 
 TQ = 32  # queries per tile, a multiple of 8
 TK = 128  # keys per tile, a multiple of PAD
@@ -138,6 +138,35 @@ def accumulate_rows(out, coef, src, n_out, n_c, j0, lo, hi):
 
 
 @kernel
+def online_softmax(s, m, l, alpha, new_max, nq, nk, diagonal):
+    # one tile's step of the online softmax, in place. s (R,K) holds the scores of nq queries against
+    # nk keys; query i sees the first min(nk, diagonal + i) of them (causal). Those become
+    # exp(score - m[i]) after m (R,), each row's running maximum, has taken them in, and the rest of
+    # the row's nk become 0; l (R,) is the running sum of the exponentials and alpha (R,) the factor
+    # that rescales the row's partial output. new_max (R,) is scratch.
+    t = s.dtype.type
+    log2e = t(LOG2E)
+    for i in range(nq):  # s[i, j], not a row view: a view per row costs two reference counts
+        n_vis = max(0, min(nk, diagonal + i))
+        mx = m[i]
+        for j in range(n_vis):
+            mx = maxnum_of_numbers(mx, s[i, j])  # nothing branches on it: a NaN score still shows
+        total = t(0.0)
+        for j in range(n_vis):
+            p = exp2_normal((s[i, j] - mx) * log2e)
+            s[i, j] = p
+            total += p
+        for j in range(n_vis, nk):
+            s[i, j] = 0.0
+        new_max[i], alpha[i] = mx, total
+    for i in range(nq):  # the rows' running state, vectorised across rows
+        total = alpha[i]
+        alpha[i] = exp2((m[i] - new_max[i]) * log2e) if new_max[i] > m[i] else t(1.0)
+        l[i] = l[i] * alpha[i] + total
+        m[i] = new_max[i]
+
+
+@kernel
 def flash_forward(out, lse, qkv, n_head, scale, key, first_row, threshold, keep_scale):
     # qkv (B,T,3C) -> out (B,T,C); lse (B,H,T) the log-sum-exp of each row's scaled scores
     B, T, C3 = qkv.shape
@@ -146,7 +175,6 @@ def flash_forward(out, lse, qkv, n_head, scale, key, first_row, threshold, keep_
     hp, Tp = padded(hs, PAD), padded(T, PAD)
     t = qkv.dtype.type
     sc, ks = t(scale), t(keep_scale)
-    w = lanes(qkv)
     q = np.zeros((TQ, hp), qkv.dtype)  # scaled queries of one tile
     k = np.zeros((Tp, hp), qkv.dtype)  # keys, and kt their transpose
     kt = np.zeros((hs, Tp), qkv.dtype)
@@ -155,6 +183,8 @@ def flash_forward(out, lse, qkv, n_head, scale, key, first_row, threshold, keep_
     o = np.zeros((TQ, hp), qkv.dtype)
     m = np.empty(TQ, qkv.dtype)
     l = np.empty(TQ, qkv.dtype)
+    alpha = np.empty(TQ, qkv.dtype)
+    new_max = np.empty(TQ, qkv.dtype)
     for b in range(B):
         for h in range(n_head):
             qc, kc, vc = h * hs, C + h * hs, 2 * C + h * hs
@@ -176,33 +206,14 @@ def flash_forward(out, lse, qkv, n_head, scale, key, first_row, threshold, keep_
                 for j0 in range(0, i0 + nq, TK):
                     nk = min(TK, i0 + nq - j0)
                     tile_products(s, q, kt, nq8, padded(nk, PAD), j0)
-                    for i in range(nq8):
-                        row = s[i]
-                        n_vis = max(0, min(nk, i0 + i + 1 - j0)) if i < nq else 0  # causal
-                        if n_vis == 0:
-                            row[:nk] = 0.0
-                            continue
-                        # whole vectors (masked scores -inf), so that no loop ends in a scalar remainder
-                        n_whole = padded(n_vis, w)
-                        row[n_vis:n_whole] = -np.inf
-                        mx = m[i]
-                        for j in range(n_whole):
-                            mx = maxnum(mx, row[j])
-                        alpha = exp(m[i] - mx)
-                        total = t(0.0)
-                        for j in range(n_whole):
-                            p = exp(row[j] - mx)
-                            row[j] = p
-                            total += p
-                        row[n_vis:nk] = 0.0
-                        l[i] = l[i] * alpha + total
-                        m[i] = mx
+                    online_softmax(s, m, l, alpha, new_max, nq, nk, i0 + 1 - j0)
+                    for i in range(nq):  # padding rows of s stay 0: their queries are 0
                         if threshold > 0:
                             seed = chain(head_key, i0 + i)
-                            for j in range(n_vis):
-                                row[j] *= keep_factor(seed, j0 + j, threshold, ks)
+                            for j in range(max(0, min(nk, i0 + i + 1 - j0))):
+                                s[i, j] *= keep_factor(seed, j0 + j, threshold, ks)
                         for d in range(hs):
-                            o[i, d] *= alpha
+                            o[i, d] *= alpha[i]
                     accumulate_rows(o, s, v, nq8, nk, j0, -TK, i0 - j0)
                 for i in range(nq):
                     copy_scaled(out[b, i0 + i], qc, o[i], 0, hs, t(1.0) / l[i])
@@ -219,6 +230,7 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, thr
     t = qkv.dtype.type
     sc, ks = t(scale), t(keep_scale)
     w = lanes(qkv)
+    log2e = t(LOG2E)
     q = np.zeros((TQ, hp), qkv.dtype)  # scaled queries of one tile
     do = np.zeros((TQ, hp), qkv.dtype)  # output gradient of one tile
     k = np.zeros((Tp, hp), qkv.dtype)  # keys and values, and their transposes
@@ -267,10 +279,10 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, thr
                         pi, dsi = p[i], ds[i]
                         n_vis = max(0, min(nk, i0 + i + 1 - j0)) if i < nq else 0
                         row_lse = lse[b, h, i0 + i] if i < nq else t(0.0)
-                        n_whole = padded(n_vis, w)  # whole vectors, masked scores -inf, as in the forward pass
+                        n_whole = padded(n_vis, w)  # whole vectors (masked scores -inf): no scalar remainder
                         pi[n_vis:n_whole] = -np.inf
                         for j in range(n_whole):
-                            pi[j] = exp(pi[j] - row_lse)  # the probability, recomputed
+                            pi[j] = exp2_normal((pi[j] - row_lse) * log2e)  # the probability, recomputed
                         if threshold > 0:
                             seed = chain(head_key, i0 + i)
                             for j in range(n_vis):

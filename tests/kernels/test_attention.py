@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cllm.kernels.attention import TK, TQ, attention_backward, attention_forward
+from cllm.kernels.attention import TK, TQ, attention_backward, attention_forward, online_softmax
 from cllm.kernels.dropout import Dropout, attention_site, link
 
 from .gradcheck import assert_grad_close, numerical_grad
@@ -154,3 +154,36 @@ def test_a_strided_output_view_gets_the_same_values():
     wide = np.zeros((B, T, 2 * H * hs), np.float32)
     attention_forward(wide[:, :, ::2], np.zeros_like(lse), qkv, H, 1 / math.sqrt(hs))
     np.testing.assert_array_equal(wide[:, :, ::2], out)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_online_softmax_over_two_tiles_equals_the_softmax_of_the_whole_row(dtype):
+    rng = np.random.default_rng(3)
+    nq, nk = 6, 7  # in a tile of 8 x 8, as the tile products pad it
+    scores = rng.normal(scale=4.0, size=(nq, 2 * nk))
+    scores[2, nk + 1] += 30.0  # the second tile raises this row's maximum: alpha rescales its first tile
+    m, l, alpha, new_max = (np.empty(8, dtype) for _ in range(4))
+    m[:], l[:] = -np.inf, 0.0
+    parts = []
+    for j0 in (0, nk):
+        tile = np.full((8, 8), 7.0, dtype)
+        tile[:nq, :nk] = scores[:, j0:j0 + nk]
+        online_softmax(tile, m, l, alpha, new_max, nq, nk, nk)
+        assert np.all(tile[nq:] == 7.0) and np.all(tile[:, nk:] == 7.0)  # outside the nq x nk scores: untouched
+        parts = [p * alpha[:nq, None] for p in parts] + [tile[:nq, :nk].astype(np.float64)]
+    probs = np.exp(scores - scores.max(1, keepdims=True))
+    probs /= probs.sum(1, keepdims=True)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(np.hstack(parts) / l[:nq, None], probs, rtol=tol, atol=tol)
+    np.testing.assert_allclose(m[:nq], scores.max(1), rtol=tol)
+
+
+def test_online_softmax_keeps_causal_masking_and_a_nan_score_makes_its_row_nan():
+    tile = np.ones((4, 4), np.float32)
+    tile[1, 0] = np.nan
+    m, l, alpha, new_max = (np.empty(4, np.float32) for _ in range(4))
+    m[:], l[:] = -np.inf, 0.0
+    online_softmax(tile, m, l, alpha, new_max, 4, 4, 1)  # query i sees keys 0..i
+    assert all(np.all(tile[i, i + 1:] == 0.0) and np.all(tile[i, :i + 1] == 1.0) for i in (0, 2, 3))
+    assert np.isnan(l[1]) and not np.isnan(l[[0, 2, 3]]).any()
+    np.testing.assert_allclose(l[[0, 2, 3]], [1.0, 3.0, 4.0], rtol=1e-6)

@@ -7,9 +7,9 @@ import numba
 import numpy as np
 import pytest
 
-from cllm.kernels.crossentropy import crossentropy_forward, crossentropy_forward_backward, row_max
+from cllm.kernels.crossentropy import BLOCK, crossentropy_forward, crossentropy_forward_backward, row_max
 from cllm.kernels.gelu import gelu_backward, gelu_forward
-from cllm.kernels.vecmath import exp, exp2
+from cllm.kernels.vecmath import exp, exp2, exp2_normal
 
 
 @numba.njit
@@ -29,6 +29,25 @@ def test_exp2_is_within_3e_7_relative_and_keeps_nan_and_the_infinities():
     exp2_all(out, edges)
     assert np.isnan(out[0])
     assert list(out[1:]) == [0.0, np.inf, 0.0, np.inf, np.inf, 1.0]
+
+
+@numba.njit
+def exp2_normal_all(out, t):
+    for i in range(t.shape[0]):
+        out[i] = exp2_normal(t[i])
+
+
+def test_exp2_normal_is_exp2_inside_its_range_and_clamps_to_normal_floats_outside():
+    t = np.linspace(-126.0, 127.0, 1_000_001).astype(np.float32)
+    out, reference = np.empty_like(t), np.empty_like(t)
+    exp2_normal_all(out, t)
+    exp2_all(reference, t)
+    np.testing.assert_array_equal(out, reference)
+    edges = np.array([np.nan, -np.inf, np.inf, -200.0, 200.0], np.float32)
+    out = np.empty_like(edges)
+    exp2_normal_all(out, edges)
+    assert np.isnan(out[0])
+    assert list(out[1:]) == [2.0 ** -126, 2.0 ** 127, 2.0 ** -126, 2.0 ** 127]
 
 
 @numba.njit
@@ -79,7 +98,7 @@ def test_row_max_passes_over_nan_but_the_loss_is_nan():
     assert not np.isfinite(crossentropy_forward_backward(logits.copy(), targets, 1.0))
 
 
-@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (5.0, 30.0), (20.0, -100.0)])
+@pytest.mark.parametrize("scale, offset", [(1.0, 0.0), (5.0, 30.0), (20.0, -100.0), (1.0, 1e6), (3.0, -3e7)])
 def test_float32_cross_entropy_matches_the_float64_softmax(scale, offset):
     rng = np.random.default_rng(5)
     N, V = 16, 1000
@@ -95,3 +114,48 @@ def test_float32_cross_entropy_matches_the_float64_softmax(scale, offset):
     assert crossentropy_forward_backward(got, targets, 0.5) == pytest.approx(loss, rel=1e-7)
     assert crossentropy_forward(logits, targets)[0] == pytest.approx(loss, rel=1e-7)
     np.testing.assert_allclose(got, 0.5 * grad, rtol=1e-5, atol=1e-8)
+
+
+def float64_softmax_loss_and_gradient(logits, targets, dloss):
+    x = logits.astype(np.float64)
+    rows = np.arange(len(x))
+    shifted = x - x.max(1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(1, keepdims=True))
+    grad = np.exp(log_probs)
+    grad[rows, targets] -= 1
+    return -log_probs[rows, targets].sum(), dloss * grad
+
+
+def test_float32_cross_entropy_redoes_the_blocks_where_the_target_logit_is_far_below_the_maximum():
+    rng = np.random.default_rng(7)
+    V = 2 * BLOCK + 37
+    logits = rng.normal(size=(4, V)).astype(np.float32)
+    targets = np.array([5, 17, 2 * BLOCK + 3, 9], np.int32)
+    logits[0, 5] = -500.0  # every block overflows relative to the target and is redone from its own maximum
+    logits[1, 2 * BLOCK + 30] = 70.0  # only the last block overflows; the two before are rescaled to it
+    logits[2, [0, BLOCK + 1]] = [1e30, -1e30]  # the largest float32 logits the head could give
+    loss, grad = float64_softmax_loss_and_gradient(logits, targets, 0.5)
+    got = logits.copy()
+    assert crossentropy_forward_backward(got, targets, 0.5) == pytest.approx(loss, rel=1e-7)
+    assert crossentropy_forward(logits, targets)[0] == pytest.approx(loss, rel=1e-7)
+    np.testing.assert_allclose(got, grad, rtol=1e-5, atol=1e-8)
+    tiny = grad[1, :2 * BLOCK] != grad[1, 17]  # probabilities near e**-70, kept to float32 precision
+    np.testing.assert_allclose(got[1, :2 * BLOCK][tiny[:2 * BLOCK]], grad[1, :2 * BLOCK][tiny[:2 * BLOCK]], rtol=1e-5)
+    assert np.all(np.abs(got[1, :2 * BLOCK][tiny[:2 * BLOCK]]) > 1e-33)
+
+
+@pytest.mark.parametrize("where", [5, BLOCK + 9])
+def test_float32_cross_entropy_is_nan_for_a_nan_logit_in_any_block_and_infinite_for_a_target_at_minus_infinity(where):
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(3, 2 * BLOCK)).astype(np.float32)
+    targets = np.array([1, where, 2], np.int32)
+    logits[0, where] = np.nan  # a NaN that is not the target
+    logits[1, where] = np.nan  # the target's own logit
+    logits[2, 2] = -np.inf
+    losses = [crossentropy_forward_backward(logits[i:i + 1].copy(), targets[i:i + 1], 1.0) for i in range(3)]
+    assert np.isnan(losses[0]) and np.isnan(losses[1])
+    assert losses[2] == np.inf
+    assert crossentropy_forward(logits[2:], targets[2:])[0] == np.inf
+    inf_row = logits[:1].copy()
+    inf_row[0, where] = np.inf
+    assert not np.isfinite(crossentropy_forward_backward(inf_row, targets[:1], 1.0))

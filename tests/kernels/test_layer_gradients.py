@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cllm.kernels.blas import gemm
-from cllm.kernels.crossentropy import (CHUNK_ROWS, crossentropy_forward, crossentropy_forward_backward, head_loss,
+from cllm.kernels.crossentropy import (BLOCK, CHUNK_ROWS, crossentropy_forward, crossentropy_forward_backward, head_loss,
                                         head_loss_backward)
 from cllm.kernels.encoder import encoder_backward, encoder_forward
 from cllm.kernels.gelu import ACTIVATIONS
@@ -115,6 +115,22 @@ def test_crossentropy_backward_matches_finite_differences(rng):
     assert loss == pytest.approx(expected_loss, rel=1e-12)
     assert crossentropy_forward(logits, targets)[0] == pytest.approx(expected_loss, rel=1e-12)
     assert_grad_close(grad.reshape(-1), numeric)
+
+
+def test_crossentropy_backward_matches_finite_differences_when_blocks_are_redone(rng):
+    # the target's logit 75 below the others': every block's exponentials sum past the limit
+    # and is redone from its own maximum, the second block's larger one rescaling the first
+    V = BLOCK + 5
+    logits, targets = rng.normal(size=(1, V)), np.array([3], np.int32)
+    logits[0, 3] = -75.0
+    logits[0, BLOCK + 2] = 4.0
+    f = lambda: float(0.25 * crossentropy_forward(logits, targets)[0])  # noqa: E731
+    probe, numeric = numerical_grad(f, logits, n_probe=200)
+    grad = logits.copy()
+    loss = crossentropy_forward_backward(grad, targets, 0.25)
+    assert loss == pytest.approx(crossentropy_forward(logits, targets)[0], rel=1e-12)
+    assert_grad_close(grad.reshape(-1)[probe], numeric)
+    assert grad[0, 3] == pytest.approx(-0.25, rel=1e-12)
 
 
 def test_crossentropy_counts_the_rows_whose_target_is_the_likeliest():
