@@ -44,12 +44,15 @@ def load_head(out, qkv, b, row0, n, col, hs, scale):
 
 
 @kernel
-def load_head_transposed(out, qkv, b, col, hs):
-    # out[:hs, :T] = qkv[b, :, col:col+hs].T
-    for t in range(qkv.shape[1]):
-        src = qkv[b, t]
+def load_head_transposed(out, rows, qkv, b, col, hs):
+    # rows[:T, :hs] = qkv[b, :, col:col+hs] and out[:hs, :T] = its transpose (one pass over qkv, which is
+    # the slow side, and a transpose between buffers in the cache)
+    T = qkv.shape[1]
+    load_head(rows, qkv, b, 0, T, col, hs, out.dtype.type(1.0))
+    for t in range(T):
+        src = rows[t]
         for d in range(hs):
-            out[d, t] = src[col + d]
+            out[d, t] = src[d]
 
 
 @kernel
@@ -173,6 +176,7 @@ def flash_forward(out, lse, qkv, n_head, scale, key, first_row, threshold, keep_
     t = qkv.dtype.type
     sc, ks = t(scale), t(keep_scale)
     q = np.zeros((TQ, hp), qkv.dtype)  # scaled queries of one tile
+    k = np.zeros((Tp, hp), qkv.dtype)  # keys, and kt their transpose
     kt = np.zeros((hs, Tp), qkv.dtype)
     v = np.zeros((Tp, hp), qkv.dtype)
     s = np.zeros((TQ, TK), qkv.dtype)
@@ -184,7 +188,7 @@ def flash_forward(out, lse, qkv, n_head, scale, key, first_row, threshold, keep_
     for b in range(B):
         for h in range(n_head):
             qc, kc, vc = h * hs, C + h * hs, 2 * C + h * hs
-            load_head_transposed(kt, qkv, b, kc, hs)
+            load_head_transposed(kt, k, qkv, b, kc, hs)
             load_head(v, qkv, b, 0, T, vc, hs, t(1.0))
             head_key = chain(chain(key, first_row + b), h)
             nb, nh = next_head(b, h, n_head)
@@ -225,10 +229,12 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, thr
     hp, Tp = padded(hs, PAD), padded(T, PAD)
     t = qkv.dtype.type
     sc, ks = t(scale), t(keep_scale)
+    w = lanes(qkv)
     log2e = t(LOG2E)
     q = np.zeros((TQ, hp), qkv.dtype)  # scaled queries of one tile
     do = np.zeros((TQ, hp), qkv.dtype)  # output gradient of one tile
-    k = np.zeros((Tp, hp), qkv.dtype)
+    k = np.zeros((Tp, hp), qkv.dtype)  # keys and values, and their transposes
+    v = np.zeros((Tp, hp), qkv.dtype)
     kt = np.zeros((hs, Tp), qkv.dtype)
     vt = np.zeros((hs, Tp), qkv.dtype)
     dk = np.zeros((Tp, hp), qkv.dtype)
@@ -240,9 +246,8 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, thr
     for b in range(B):
         for h in range(n_head):
             qc, kc, vc = h * hs, C + h * hs, 2 * C + h * hs
-            load_head_transposed(kt, qkv, b, kc, hs)
-            load_head_transposed(vt, qkv, b, vc, hs)
-            load_head(k, qkv, b, 0, T, kc, hs, t(1.0))
+            load_head_transposed(kt, k, qkv, b, kc, hs)
+            load_head_transposed(vt, v, qkv, b, vc, hs)
             dk[:] = 0.0
             dv[:] = 0.0
             head_key = chain(chain(key, first_row + b), h)
@@ -274,7 +279,9 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, thr
                         pi, dsi = p[i], ds[i]
                         n_vis = max(0, min(nk, i0 + i + 1 - j0)) if i < nq else 0
                         row_lse = lse[b, h, i0 + i] if i < nq else t(0.0)
-                        for j in range(n_vis):
+                        n_whole = padded(n_vis, w)  # whole vectors (masked scores -inf): no scalar remainder
+                        pi[n_vis:n_whole] = -np.inf
+                        for j in range(n_whole):
                             pi[j] = exp2_normal((pi[j] - row_lse) * log2e)  # the probability, recomputed
                         if threshold > 0:
                             seed = chain(head_key, i0 + i)
@@ -283,7 +290,7 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, thr
                                 dsi[j] = pi[j] * (dsi[j] * factor - rowdot[i])  # the score's gradient
                                 pi[j] *= factor  # what the forward pass multiplied v by
                         else:
-                            for j in range(n_vis):
+                            for j in range(n_whole):
                                 dsi[j] = pi[j] * (dsi[j] - rowdot[i])
                         pi[n_vis:nk8] = 0.0
                         dsi[n_vis:nk8] = 0.0
