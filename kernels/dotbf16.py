@@ -16,13 +16,15 @@ Panels past the edge of a matrix are padded with zeros (an odd K gets a zero pai
 that overhangs out is computed into a scratch tile and the part inside copied out.
 """
 
+import functools
+
 import numpy as np
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .jit import kernel
+from .jit import kernel, kernel_of
 
 MR, NR = 12, 32  # out rows and columns of the micro-kernel's register tile (2 zmm per row)
 KC, MC = 512, 96  # k and rows per packed block: a B panel (KC x NR, 32 KiB) in L1, an A block in L2
@@ -147,7 +149,12 @@ def pack_panels(src, words, first, count, k0, kc, width, out):
         pack(src, first, count, k0, kc, width, out)
 
 
-@kernel
+HALVES, WORDS = types.Array(types.uint16, 2, "A"), types.Array(types.uint32, 2, "A")
+BUFFER = types.Array(types.uint32, 1, "C")
+SIGNATURE = types.void(types.Array(types.float32, 2, "A"), HALVES, WORDS, HALVES, WORDS, types.boolean, BUFFER, BUFFER,
+                       types.Array(types.float32, 2, "C"))
+
+
 def product(out, a, a_words, bt, bt_words, accumulate, a_packed, b_packed, tile):
     # out (M,N) (+)= a (M,K) @ bt.T, bt (N,K), each with its words (see pack_words) or an empty
     # (0,0); scratch: a_packed >= MC*KC/2 words, b_packed >= ceil(N/NR)*NR*KC/2, tile (MR,NR) float32
@@ -183,6 +190,14 @@ def packing_bytes(widest: int) -> int:
     return 4 * (MC * KC // 2 + -(-widest // NR) * NR * (KC // 2) + MR * NR)
 
 
+@functools.cache
+def compiled_product():
+    """``product`` compiled for SIGNATURE, on first use: one signature for every layout of the
+    operands (C, F and strided views all pass as "A"), so it compiles once, not once per
+    combination of layouts; and a float32 run, or a CPU without AVX512_BF16, never compiles it."""
+    return kernel_of(SIGNATURE)(product)
+
+
 class Scratch:
     """One worker's packing buffers, grown to the largest product it has run."""
 
@@ -204,7 +219,7 @@ class Scratch:
         if self.b.size < size:
             self.b = np.zeros(size, np.uint32)
         bt = b.T
-        product(out, a, words(a), bt, words(bt), accumulate, self.a, self.b, self.tile)
+        compiled_product()(out, a, words(a), bt, words(bt), accumulate, self.a, self.b, self.tile)
 
 
 NO_WORDS = np.zeros((0, 0), np.uint32)

@@ -14,3 +14,9 @@ FASTMATH = {"nsz", "arcp", "contract", "afn", "reassoc"}
 def kernel(fn):
     """Compile ``fn`` as a nogil, cached numba kernel."""
     return numba.njit(nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")(fn)
+
+
+def kernel_of(signature):
+    """``kernel`` compiled once, eagerly, for ``signature``: arguments are converted to its types
+    (a C- or F-contiguous array to a strided one) instead of compiling one version per layout."""
+    return numba.njit(signature, nogil=True, cache=True, fastmath=FASTMATH, error_model="numpy")
