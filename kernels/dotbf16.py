@@ -25,6 +25,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from .jit import kernel, kernel_of
+from .simd import broadcast
 
 MR, NR = 12, 32  # out rows and columns of the micro-kernel's register tile (2 zmm per row)
 KC, MC = 512, 96  # k and rows per packed block: a B panel (KC x NR, 32 KiB) in L1, an A block in L2
@@ -62,15 +63,13 @@ def tile_product(typingctx, pairs, a_panel, b_panel, c, ldc, add):
                for _ in range(MR)]
         a_words = builder.inttoptr(a_addr, i32.as_pointer())
         b_words = builder.inttoptr(b_addr, words.as_pointer())
-        broadcast = ir.Constant(words, [0] * LANES)
         with cgutils.for_range(builder, pairs) as loop:
             p = loop.index
             bs = [builder.bitcast(builder.load(builder.gep(b_words, [builder.add(builder.mul(p, index(vectors)), index(v))]),
                                                align=4), halves) for v in range(vectors)]
             for r in range(MR):
                 word = builder.load(builder.gep(a_words, [builder.add(builder.mul(p, index(MR)), index(r))]), align=4)
-                lane0 = builder.insert_element(ir.Constant(words, None), word, i32(0))
-                a = builder.bitcast(builder.shuffle_vector(lane0, ir.Constant(words, None), broadcast), halves)
+                a = builder.bitcast(broadcast(builder, word, words), halves)
                 for v in range(vectors):
                     builder.store(builder.call(dot, [builder.load(acc[r][v]), a, bs[v]]), acc[r][v])
         c_floats = builder.inttoptr(c_addr, f32.as_pointer())

@@ -103,9 +103,10 @@ def backend(cpuinfo: str | None = None) -> str | None:
 
 def unavailable(cpuinfo: str | None = None) -> str | None:
     """Why bfloat16 products cannot run fast here (None: they can). ``cpuinfo`` defaults to this machine's."""
-    if backend(cpuinfo) is not None:
+    info = read_cpuinfo() if cpuinfo is None else cpuinfo
+    if backend(info) is not None:
         return None
-    if cpu_flags(read_cpuinfo() if cpuinfo is None else cpuinfo):
+    if cpu_flags(info):
         return "the CPU has AMX-BF16 but not AVX512_BF16, and oneMKL is not installed: pip install 'cllm[bf16]'"
     return "the CPU has neither AVX512_BF16 nor AMX-BF16 instructions"
 

@@ -131,8 +131,6 @@ def lanes(typingctx, arr):
     return sig, codegen
 
 
-
-
 @intrinsic
 def mul(typingctx, x, y):
     """x * y, lane by lane; x may be a float of the vector's type."""

@@ -104,29 +104,40 @@ def pow2(n):
     return int32_bits_as_float32((np.int32(n) + np.int32(127)) << np.int32(23))
 
 
+def fast_on_float32(fn, fallback):
+    """Registers the decorated function as ``fn`` inside kernels on float32, and ``fallback`` (a
+    numpy function) on any other type; ``fn`` itself, called from Python, is ``fallback``."""
+    def register(fast):
+        fast = register_jitable(fastmath=FASTMATH)(fast)
+
+        @overload(fn, jit_options={"fastmath": FASTMATH})
+        def dispatch(x):
+            if x != types.float32:
+                return lambda x: fallback(x)
+            return lambda x: fast(x)
+
+        return fast
+
+    return register
+
+
 def exp(x):
     """e**x: fast on float32, ``np.exp`` otherwise (compiled only inside kernels)."""
     return np.exp(x)
 
 
-@overload(exp, jit_options={"fastmath": FASTMATH})
-def exp_impl(x):
-    if x != types.float32:
-        return lambda x: np.exp(x)
-
-    def fast_exp(x):
-        x = min(max(x, EXP_LO), EXP_HI)  # numba's min and max keep a NaN x: the result stays NaN
-        n = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
-        r = x - n * LN2_HI - n * LN2_LO
-        p = C6 * r + C5
-        p = p * r + C4
-        p = p * r + C3
-        p = p * r + C2
-        p = p * r + np.float32(1.0)
-        p = p * r + np.float32(1.0)
-        return p * pow2(n)
-
-    return fast_exp
+@fast_on_float32(exp, np.exp)
+def fast_exp(x):
+    x = min(max(x, EXP_LO), EXP_HI)  # numba's min and max keep a NaN x: the result stays NaN
+    n = np.floor(x * np.float32(LOG2E) + np.float32(0.5))
+    r = x - n * LN2_HI - n * LN2_LO
+    p = C6 * r + C5
+    p = p * r + C4
+    p = p * r + C3
+    p = p * r + C2
+    p = p * r + np.float32(1.0)
+    p = p * r + np.float32(1.0)
+    return p * pow2(n)
 
 
 def exp2(t):
@@ -134,17 +145,11 @@ def exp2(t):
     return np.exp2(t)
 
 
-@overload(exp2, jit_options={"fastmath": FASTMATH})
-def exp2_impl(t):
-    if t != types.float32:
-        return lambda t: np.exp2(t)
-
-    def fast_exp2(t):
-        t = min(max(t, EXP2_LO), EXP2_HI)  # numba's min and max keep a NaN t: the result stays NaN
-        n, p = split_exp2(t)
-        return p * pow2(n)
-
-    return fast_exp2
+@fast_on_float32(exp2, np.exp2)
+def fast_exp2(t):
+    t = min(max(t, EXP2_LO), EXP2_HI)  # numba's min and max keep a NaN t: the result stays NaN
+    n, p = split_exp2(t)
+    return p * pow2(n)
 
 
 def exp2_normal(t):
@@ -153,16 +158,10 @@ def exp2_normal(t):
     return np.exp2(t)
 
 
-@overload(exp2_normal, jit_options={"fastmath": FASTMATH})
-def exp2_normal_impl(t):
-    if t != types.float32:
-        return lambda t: np.exp2(t)
-
-    def fast_exp2_normal(t):
-        # exp2's polynomial, its power of two added straight into the exponent bits (one multiply
-        # fewer): for sums of exponentials, where what lies 2**126 below the largest term does not count
-        t = min(max(t, NORMAL_LO), NORMAL_HI)
-        n, p = split_exp2(t)
-        return int32_bits_as_float32(float32_bits_as_int32(p) + (np.int32(n) << np.int32(23)))
-
-    return fast_exp2_normal
+@fast_on_float32(exp2_normal, np.exp2)
+def fast_exp2_normal(t):
+    # exp2's polynomial, its power of two added straight into the exponent bits (one multiply
+    # fewer): for sums of exponentials, where what lies 2**126 below the largest term does not count
+    t = min(max(t, NORMAL_LO), NORMAL_HI)
+    n, p = split_exp2(t)
+    return int32_bits_as_float32(float32_bits_as_int32(p) + (np.int32(n) << np.int32(23)))
