@@ -20,11 +20,12 @@ not depend on how the batch is split across workers.
 """
 
 import numpy as np
+from numba.extending import register_jitable
 
 from .jit import kernel
 from .dropout import chain, keep_factor
 from .simd import copy_scaled, fma, lanes, load, prefetch, splat, store
-from .vecmath import LOG2E, exp2, exp2_normal, maxnum_of_numbers
+from .vecmath import LOG2E, exp2, exp2_nonpositive, exp2_normal, maxnum_of_numbers, unreassociated
 
 TQ = 32  # queries per tile, a multiple of 8
 TK = 128  # keys per tile, a multiple of PAD
@@ -146,24 +147,34 @@ def online_softmax(s, m, l, alpha, new_max, nq, nk, diagonal):
     # that rescales the row's partial output. new_max (R,) is scratch.
     t = s.dtype.type
     log2e = t(LOG2E)
-    for i in range(nq):  # s[i, j], not a row view: a view per row costs two reference counts
+    for i in range(nq):
         n_vis = max(0, min(nk, diagonal + i))
-        mx = m[i]
-        for j in range(n_vis):
-            mx = maxnum_of_numbers(mx, s[i, j])  # nothing branches on it: a NaN score still shows
-        total = t(0.0)
-        for j in range(n_vis):
-            p = exp2_normal((s[i, j] - mx) * log2e)
-            s[i, j] = p
-            total += p
-        for j in range(n_vis, nk):
-            s[i, j] = 0.0
-        new_max[i], alpha[i] = mx, total
+        if n_vis == TK:  # a whole row of keys: loops of constant length, which LLVM unrolls completely
+            new_max[i], alpha[i] = exponentiate_row(s, i, TK, m[i], log2e)
+        else:
+            new_max[i], alpha[i] = exponentiate_row(s, i, n_vis, m[i], log2e)
+            for j in range(n_vis, nk):
+                s[i, j] = 0.0
     for i in range(nq):  # the rows' running state, vectorised across rows
         total = alpha[i]
         alpha[i] = exp2((m[i] - new_max[i]) * log2e) if new_max[i] > m[i] else t(1.0)
         l[i] = l[i] * alpha[i] + total
         m[i] = new_max[i]
+
+
+@register_jitable
+def exponentiate_row(s, i, n, mx, log2e):
+    # s[i, :n] -> exp(s - mx') with mx' the larger of mx and their maximum; returns mx' and their sum.
+    # s[i, j], not a row view: a view per row costs two atomic reference counts
+    for j in range(n):
+        mx = maxnum_of_numbers(mx, s[i, j])  # nothing branches on it: a NaN score still shows
+    offset = unreassociated(mx * log2e)  # one multiply-add per score, not a subtraction and a multiply
+    total = s.dtype.type(0.0)
+    for j in range(n):
+        p = exp2_nonpositive(s[i, j] * log2e - offset)
+        s[i, j] = p
+        total += p
+    return mx, total
 
 
 @kernel
@@ -281,8 +292,9 @@ def flash_backward(dqkv, dout, qkv, out, lse, n_head, scale, key, first_row, thr
                         row_lse = lse[b, h, i0 + i] if i < nq else t(0.0)
                         n_whole = padded(n_vis, w)  # whole vectors (masked scores -inf): no scalar remainder
                         pi[n_vis:n_whole] = -np.inf
+                        offset = unreassociated(row_lse * log2e)
                         for j in range(n_whole):
-                            pi[j] = exp2_normal((pi[j] - row_lse) * log2e)  # the probability, recomputed
+                            pi[j] = exp2_nonpositive(pi[j] * log2e - offset)  # the probability, recomputed
                         if threshold > 0:
                             seed = chain(head_key, i0 + i)
                             for j in range(n_vis):

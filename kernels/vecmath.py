@@ -1,5 +1,5 @@
-"""Elementary functions that vectorise: ``exp``, ``exp2`` and ``exp2_normal`` for the float32
-kernels, and ``maxnum`` and ``maxnum_of_numbers`` for maximum reductions.
+"""Elementary functions that vectorise: ``exp``, ``exp2``, ``exp2_normal`` and ``exp2_nonpositive``
+for the float32 kernels, and ``maxnum`` and ``maxnum_of_numbers`` for maximum reductions.
 
 numba compiles ``np.exp`` on float32 to a scalar libm call per element (about 7 ns); this
 ``exp`` is a range reduction and a polynomial that LLVM turns into AVX-512/AVX2 code
@@ -35,6 +35,7 @@ EXP2_LO = np.float32(-127.0)  # 2**-127 and below flush to 0; 2**128 and above a
 EXP2_HI = np.float32(128.0)
 NORMAL_LO = np.float32(-126.0)  # exp2_normal's range: 2**n for whole n in it is a normal float
 NORMAL_HI = np.float32(127.0)
+ROUNDER = np.float32(12582912.0)  # 1.5 * 2**23: t + ROUNDER holds round(t) in its low bits for |t| < 2**22
 
 
 def max_intrinsic(flags):
@@ -65,6 +66,22 @@ def maxnum_of_numbers(typingctx, a, b):
     if a != b or not isinstance(a, types.Float):
         return None
     return a(a, b), max_intrinsic(("nnan",))
+
+
+@intrinsic
+def unreassociated(typingctx, x):
+    """``x``, behind a fence that fast-math reassociation does not cross: ``s * c - unreassociated(m * c)``
+    stays one fused multiply-add per element instead of being factored into ``(s - m) * c``."""
+    if not isinstance(x, types.Float):
+        return None
+
+    def codegen(context, builder, signature, args):
+        ty = args[0].type
+        name = "llvm.arithmetic.fence.f32" if ty == ir.FloatType() else "llvm.arithmetic.fence.f64"
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ty, [ty]), name)
+        return builder.call(fn, args)
+
+    return x(x), codegen
 
 
 @intrinsic
@@ -158,10 +175,28 @@ def exp2_normal(t):
     return np.exp2(t)
 
 
+@register_jitable
+def normal_exp2(t):
+    # 2**t for float32 t in [-126, 127]: exp2's polynomial with its power of two added straight into the
+    # exponent bits (one multiply fewer), taken from the low bits of t + ROUNDER shifted into place (np.rint's
+    # rounding, without a conversion to an integer). For sums of exponentials, where what lies 2**126 below
+    # the largest term does not count
+    p = split_exp2(t)[1]
+    return int32_bits_as_float32(float32_bits_as_int32(p) + (float32_bits_as_int32(t + ROUNDER) << np.int32(23)))
+
+
 @fast_on_float32(exp2_normal, np.exp2)
 def fast_exp2_normal(t):
-    # exp2's polynomial, its power of two added straight into the exponent bits (one multiply
-    # fewer): for sums of exponentials, where what lies 2**126 below the largest term does not count
-    t = min(max(t, NORMAL_LO), NORMAL_HI)
-    n, p = split_exp2(t)
-    return int32_bits_as_float32(float32_bits_as_int32(p) + (np.int32(n) << np.int32(23)))
+    return normal_exp2(min(max(t, NORMAL_LO), NORMAL_HI))
+
+
+def exp2_nonpositive(t):
+    """``exp2_normal`` for t <= 0, such as a score less its row's maximum, with the one clamp that needs:
+    fast on float32, ``np.exp2`` otherwise (compiled only inside kernels). A t above 0 must stay small
+    (a rounding's worth); NaN stays NaN."""
+    return np.exp2(t)
+
+
+@fast_on_float32(exp2_nonpositive, np.exp2)
+def fast_exp2_nonpositive(t):
+    return normal_exp2(max(t, NORMAL_LO))

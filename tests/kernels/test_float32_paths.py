@@ -9,7 +9,7 @@ import pytest
 
 from cllm.kernels.crossentropy import BLOCK, crossentropy_forward, crossentropy_forward_backward, row_max
 from cllm.kernels.gelu import gelu_backward, gelu_forward
-from cllm.kernels.vecmath import exp, exp2, exp2_normal
+from cllm.kernels.vecmath import exp, exp2, exp2_nonpositive, exp2_normal, unreassociated
 
 
 def applied(fn):
@@ -22,6 +22,7 @@ def applied(fn):
 
 
 exp2_all, exp2_normal_all, exp_all = applied(exp2), applied(exp2_normal), applied(exp)
+exp2_nonpositive_all, unreassociated_all = applied(exp2_nonpositive), applied(unreassociated)
 
 
 def test_exp2_is_within_3e_7_relative_and_keeps_nan_and_the_infinities():
@@ -48,6 +49,27 @@ def test_exp2_normal_is_exp2_inside_its_range_and_clamps_to_normal_floats_outsid
     exp2_normal_all(out, edges)
     assert np.isnan(out[0])
     assert list(out[1:]) == [2.0 ** -126, 2.0 ** 127, 2.0 ** -126, 2.0 ** 127]
+
+
+def test_exp2_nonpositive_is_exp2_from_minus_126_to_a_rounding_above_0_and_clamps_below():
+    t = np.concatenate([np.linspace(-126.0, 0.0, 1_000_001), [1e-6, 3e-7]]).astype(np.float32)
+    out, reference = np.empty_like(t), np.empty_like(t)
+    exp2_nonpositive_all(out, t)
+    exp2_all(reference, t)
+    np.testing.assert_array_equal(out, reference)
+    edges = np.array([np.nan, -np.inf, -200.0, -126.5], np.float32)
+    out = np.empty_like(edges)
+    exp2_nonpositive_all(out, edges)
+    assert np.isnan(out[0])
+    assert list(out[1:]) == [2.0 ** -126] * 3
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_unreassociated_is_its_argument(dtype):
+    x = np.array([1.5, -0.0, np.inf, np.nan, 3e-39], dtype)
+    out = np.empty_like(x)
+    unreassociated_all(out, x)
+    np.testing.assert_array_equal(out, x)
 
 
 def test_exp_is_within_4e_7_relative_keeps_nan_and_overflows_to_inf():
