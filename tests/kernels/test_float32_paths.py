@@ -1,5 +1,5 @@
-"""The float32 fast paths (the polynomials e**x and 2**x, GELU through 2**x, the vectorised row max)
-against the float64 formulas they stand for, at the edges as well as inside."""
+"""The float32 fast paths (the polynomials e**x and 2**x, GELU through 2**x, the vectorised row max,
+LayerNorm's one-pass statistics) against the float64 formulas they stand for, at the edges as well as inside."""
 
 import math
 
@@ -9,6 +9,7 @@ import pytest
 
 from cllm.kernels.crossentropy import BLOCK, crossentropy_forward, crossentropy_forward_backward, row_max
 from cllm.kernels.gelu import gelu_backward, gelu_forward
+from cllm.kernels.layernorm import layernorm_forward
 from cllm.kernels.vecmath import exp, exp2, exp2_nonpositive, exp2_normal, unreassociated
 
 
@@ -175,3 +176,25 @@ def test_float32_cross_entropy_is_nan_for_a_nan_logit_in_any_block_and_infinite_
     inf_row = logits[:1].copy()
     inf_row[0, where] = np.inf
     assert not np.isfinite(crossentropy_forward_backward(inf_row, targets[:1], 1.0))
+
+
+def test_float32_layernorm_forward_keeps_float32_precision_on_offset_rows_and_outliers_in_the_first_column():
+    rng = np.random.default_rng(9)
+    N, C = 7, 768
+    x = rng.normal(size=(N, C))
+    x[1] += 1000.0  # a large mean
+    x[2, 0] = 300.0  # an outlier where the statistics are shifted to, and others elsewhere
+    x[3, 5], x[3, 0] = 500.0, -400.0
+    x[4] *= 1e-3
+    x[5] = 2.0  # a constant row: variance 0
+    x32 = x.astype(np.float32)
+    weight, bias = rng.normal(size=C).astype(np.float32), rng.normal(size=C).astype(np.float32)
+    out, mean, rstd = np.empty_like(x32), np.empty(N, np.float32), np.empty(N, np.float32)
+    layernorm_forward(out, mean, rstd, x32, weight, bias, 1e-5)
+    exact = x32.astype(np.float64)
+    exact_mean, exact_var = exact.mean(1), exact.var(1)
+    exact_rstd = 1.0 / np.sqrt(exact_var + 1e-5)
+    np.testing.assert_allclose(mean, exact_mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(rstd, exact_rstd, rtol=2e-5)
+    expected = (exact - exact_mean[:, None]) * exact_rstd[:, None] * weight + bias
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2e-4 * np.abs(expected).max())
