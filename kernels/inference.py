@@ -17,37 +17,45 @@ from .jit import kernel
 from .layernorm import layernorm_forward
 from .linear import linear_forward, linear_residual_forward
 from .model import GPTConfig, Tensors
+from .vecmath import LOG2E, exp2_nonpositive, maxnum_of_numbers, unreassociated
 
 
 @kernel
 def cached_attention(out, qkv, k_cache, v_cache, start, scale):
     # qkv (n,3C) for positions start..start+n-1, whose k and v are already in the caches
-    # (H,maxT,hs); out (n,C): each query attends to every cached position up to its own.
+    # (H,maxT,hs); out (n,C): each query attends to every cached position up to its own. In the
+    # dtype of qkv, each loop over a row of the cache or the head size: they vectorise
     n = qkv.shape[0]
     H, _, hs = k_cache.shape
-    scores = np.empty(start + n, dtype=np.float64)
+    t = qkv.dtype.type
+    sc, log2e = t(scale), t(LOG2E)
+    scores = np.empty(start + n, qkv.dtype)
+    acc = np.empty(hs, qkv.dtype)
     for i in range(n):
         last = start + i
         for h in range(H):
-            mx = -np.inf
+            q = qkv[i, h * hs:(h + 1) * hs]
+            mx = t(-np.inf)
             for j in range(last + 1):
-                s = 0.0
+                s = t(0.0)
                 for d in range(hs):
-                    s += qkv[i, h * hs + d] * k_cache[h, j, d]
-                s *= scale
-                scores[j] = s
-                if s > mx:
-                    mx = s
-            total = 0.0
+                    s += q[d] * k_cache[h, j, d]
+                scores[j] = s * sc
+                mx = maxnum_of_numbers(mx, scores[j])
+            offset = unreassociated(mx * log2e)
+            total = t(0.0)
             for j in range(last + 1):
-                e = np.exp(scores[j] - mx)
+                e = exp2_nonpositive(scores[j] * log2e - offset)
                 scores[j] = e
                 total += e
+            acc[:] = 0.0
+            for j in range(last + 1):
+                p = scores[j]
+                for d in range(hs):
+                    acc[d] += p * v_cache[h, j, d]
+            inv = t(1.0) / total
             for d in range(hs):
-                acc = 0.0
-                for j in range(last + 1):
-                    acc += scores[j] * v_cache[h, j, d]
-                out[i, h * hs + d] = acc / total
+                out[i, h * hs + d] = acc[d] * inv
 
 
 @kernel
