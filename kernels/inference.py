@@ -85,8 +85,10 @@ class KVCache:
         self.length = 0
 
 
-def step(w: Tensors, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
-    """Run ``tokens`` (n,) int at positions cache.length.. ; returns their logits (n,V)."""
+def step(w: Tensors, cache: KVCache, tokens: np.ndarray, last: bool = False) -> np.ndarray:
+    """Run ``tokens`` (n,) int at positions cache.length.. ; returns their logits (n,V), or with
+    ``last`` the last position's alone (1,V): a prompt's pass then skips the head's product for the
+    others (for GPT-2 124M, 77 GFLOP of a 1000-token prompt)."""
     cfg = cache.cfg
     n, C, start = len(tokens), cfg.n_embd, cache.length
     if start + n > cfg.block_size:
@@ -112,4 +114,4 @@ def step(w: Tensors, cache: KVCache, tokens: np.ndarray) -> np.ndarray:
         linear_residual_forward(x, fch_gelu, p.mlp_c_proj_weight, p.mlp_c_proj_bias, x2)
     layernorm_forward(ln, mean, rstd, x, w.ln_f_weight, w.ln_f_bias, cfg.ln_eps)
     cache.length = start + n
-    return ln @ w.head.T
+    return (ln[-1:] if last else ln) @ w.head.T

@@ -73,7 +73,7 @@ def generate_ids(w: Tensors, cache: KVCache, prompt: np.ndarray, config: Samplin
     context = list(prompt[-block:])
     cache.clear()
     threads = BlasThreads()
-    logits = step(w, cache, np.asarray(context, dtype=np.int32))[-1]
+    logits = step(w, cache, np.asarray(context, dtype=np.int32), last=True)[-1]
     for i in range(config.max_new_tokens):
         token = choose(logits, config, rng)
         yield token
@@ -81,12 +81,12 @@ def generate_ids(w: Tensors, cache: KVCache, prompt: np.ndarray, config: Samplin
         if cache.length == block:
             context = context[-(block // 2):]
             cache.clear()
-            logits = step(w, cache, np.asarray(context, dtype=np.int32))[-1]
+            logits = step(w, cache, np.asarray(context, dtype=np.int32), last=True)[-1]
         else:
             one = threads.one_thread(i)
             start = time.perf_counter()
             with one_blas_thread() if one else nullcontext():
-                logits = step(w, cache, np.asarray([token], dtype=np.int32))[-1]
+                logits = step(w, cache, np.asarray([token], dtype=np.int32), last=True)[-1]
             threads.record(one, time.perf_counter() - start)
 
 

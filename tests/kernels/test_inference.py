@@ -20,6 +20,9 @@ def test_incremental_logits_equal_the_full_forward_pass():
         got.append(step(w, cache, tokens[t:t + 1]))
     np.testing.assert_allclose(np.concatenate(got), full, rtol=1e-4, atol=1e-5)
     assert cache.length == 20
+    last = step(w, KVCache(cfg), tokens[:7], last=True)  # a prompt's pass for its last position alone
+    assert last.shape == (1, 40)
+    np.testing.assert_allclose(last[0], got[0][-1], rtol=1e-5, atol=1e-6)  # a one-row product rounds its own way
 
 
 def test_cached_attention_is_the_float64_causal_softmax_attention_even_for_scores_in_the_thousands():
