@@ -38,4 +38,5 @@ def test_cached_attention_is_the_float64_causal_softmax_attention_even_for_score
                 scores = k[h, :start + i + 1] @ qkv[i, h * hs:(h + 1) * hs] * scale
                 p = np.exp(scores - scores.max())
                 expected = p @ v[h, :start + i + 1] / p.sum()
-                np.testing.assert_allclose(out[i, h * hs:(h + 1) * hs], expected, rtol=0, atol=1e-5 if scale < 1 else 1e-4)
+                tolerance = 1e-5 if scale < 1 else 1e-4  # scores of 1e3 carry float32 roundings of 1e-4
+                np.testing.assert_allclose(out[i, h * hs:(h + 1) * hs], expected, rtol=0, atol=tolerance)
